@@ -1,0 +1,50 @@
+"""The storage protocol behind the audit trail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from deputy.audit.record import DecisionRecord, StoredRecord
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which records a query selects; fields left ``None`` do not filter."""
+
+    execution_id: str | None = None
+    agent_instance: str | None = None
+    workload_id: str | None = None
+    user_id: str | None = None
+    jti: str | None = None
+    since: float | None = None
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """Result of verifying the hash chain: ``ok`` or the first bad record and why."""
+
+    ok: bool
+    records: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+class AuditLog(Protocol):
+    """Append-only, hash-chained decision log."""
+
+    async def append(self, record: DecisionRecord) -> None:
+        """Return once the record is durably committed; raise ``StoreUnavailable`` if not."""
+        ...
+
+    def issued_counts(self, since: float) -> dict[tuple[str, str], int]:
+        """Credentials issued since ``since`` per (user id, tool category), for quota seeding."""
+        ...
+
+    def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]: ...
+
+    def verify(self) -> ChainReport: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,124 @@
+"""One error hierarchy for Deputy.
+
+Every error a client can see is an :class:`OAuthError` subclass that carries the OAuth
+``error`` code, the HTTP status, a client-safe ``description`` and a ``debug`` string that
+is logged but never sent. Mapping to HTTP happens in one place (``deputy.server.errors``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One failed policy rule: a stable rule name and a sentence saying what to fix."""
+
+    rule: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"rule": self.rule, "message": self.message}
+
+
+class DeputyError(Exception):
+    """Root of every error raised by Deputy."""
+
+
+class ConfigError(DeputyError):
+    """The configuration is invalid; the message names the key and what to fix."""
+
+
+class OAuthError(DeputyError):
+    """An error with an OAuth-style body (RFC 6749 §5.2)."""
+
+    error: str = "server_error"
+    status_code: int = 500
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        debug: str = "",
+        reasons: tuple[Reason, ...] = (),
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.description = description
+        self.debug = debug
+        self.reasons = reasons
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, object]:
+        out: dict[str, object] = {"error": self.error, "error_description": self.description}
+        if self.reasons:
+            out["reasons"] = [r.as_dict() for r in self.reasons]
+        return out
+
+
+class InvalidRequest(OAuthError):
+    """RFC 6749 §5.2 ``invalid_request``: malformed or unacceptable request."""
+
+    error = "invalid_request"
+    status_code = 400
+
+
+class InvalidToken(OAuthError):
+    """RFC 6750 §3.1 ``invalid_token``: the bearer token is missing, malformed or unverifiable."""
+
+    error = "invalid_token"
+    status_code = 401
+
+
+class InvalidClient(OAuthError):
+    """RFC 6749 §5.2 ``invalid_client``: client authentication failed."""
+
+    error = "invalid_client"
+    status_code = 401
+
+
+class AccessDenied(OAuthError):
+    """RFC 6749 §4.1.2.1 ``access_denied``: policy said no; ``reasons`` names every rule."""
+
+    error = "access_denied"
+    status_code = 403
+
+
+class InvalidTarget(OAuthError):
+    """RFC 8707 §2 ``invalid_target``: the requested resource is not allowed."""
+
+    error = "invalid_target"
+    status_code = 400
+
+
+class InvalidScope(OAuthError):
+    """RFC 6749 §5.2 ``invalid_scope``: the requested scope exceeds what may be granted."""
+
+    error = "invalid_scope"
+    status_code = 400
+
+
+class RateLimited(OAuthError):
+    """Daily issuance limit reached; answered with 429 and ``Retry-After``."""
+
+    error = "rate_limited"
+    status_code = 429
+
+
+class TemporarilyUnavailable(OAuthError):
+    """RFC 6749 §4.1.2.1 ``temporarily_unavailable``: a store is down; fail closed with 503."""
+
+    error = "temporarily_unavailable"
+    status_code = 503
+
+
+class TokenRejected(DeputyError):
+    """An incoming JWT failed verification. ``reason`` is client-safe; never holds the token."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StoreUnavailable(DeputyError):
+    """A storage backend (audit log, counters, keys) could not complete the operation."""
