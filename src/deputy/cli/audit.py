@@ -1,0 +1,112 @@
+"""`deputy audit`: verify the chain and answer forensic queries."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+
+from deputy.audit.log import AuditFilter
+from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
+from deputy.store.sqlite import open_audit_log
+
+app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+
+_RELATIVE = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str, now: float) -> float:
+    """``30m``, ``2h``, ``7d``, epoch seconds, or an ISO 8601 time (UTC if no offset)."""
+    m = _RELATIVE.match(value)
+    if m:
+        return now - int(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            "use a duration like 30m, 2h, 7d, epoch seconds, or an ISO 8601 time"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+@app.command()
+def verify(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Check the hash chain; name the first bad record. Exit 1 if the chain is broken."""
+    settings = load_or_exit(config)
+    log = open_audit_log(settings.data_dir)
+    try:
+        report = log.verify()
+    finally:
+        log.close()
+    if report.ok:
+        typer.echo(f"audit chain ok: {report.records} records")
+        return
+    typer.echo(
+        f"audit chain BROKEN at record {report.first_bad_seq}: {report.problem}", err=True
+    )
+    raise typer.Exit(1)
+
+
+def _line(record: dict[str, Any]) -> str:
+    when = datetime.fromtimestamp(record["time"], UTC).isoformat(timespec="seconds")
+    creds = ", ".join(f"{c['tool']}:{c['jti']}" for c in record.get("credentials", []))
+    parts = [
+        when,
+        record["outcome"].upper(),
+        f"status={record['status']}",
+        f"workflow={record.get('workflow') or '-'}",
+        f"workload={record.get('workload_id') or '-'}",
+        f"instance={record.get('agent_instance') or '-'}",
+        f"user={record.get('user_id') or '-'} ({record.get('delegation') or '-'})",
+        f"execution={record.get('execution_id') or '-'}",
+    ]
+    if creds:
+        parts.append(f"credentials=[{creds}]")
+    for reason in record.get("reasons", []):
+        parts.append(f"\n    {reason['rule']}: {reason['message']}")
+    return "  ".join(parts)
+
+
+@app.command()
+def query(
+    config: ConfigOption = DEFAULT_CONFIG,
+    execution: Annotated[str | None, typer.Option(help="Execution id.")] = None,
+    agent_instance: Annotated[str | None, typer.Option(help="Agent instance id.")] = None,
+    workload: Annotated[str | None, typer.Option(help="Workload id (e.g. a SPIFFE ID).")] = None,
+    user: Annotated[str | None, typer.Option(help="User id.")] = None,
+    jti: Annotated[str | None, typer.Option(help="Credential id (jti).")] = None,
+    since: Annotated[str | None, typer.Option(help="30m, 2h, 7d, epoch or ISO time.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many records.")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Which agent invocation used which credential for which user."""
+    settings = load_or_exit(config)
+    audit_filter = AuditFilter(
+        execution_id=execution,
+        agent_instance=agent_instance,
+        workload_id=workload,
+        user_id=user,
+        jti=jti,
+        since=parse_since(since, time.time()) if since else None,
+        limit=limit,
+    )
+    log = open_audit_log(settings.data_dir)
+    try:
+        for stored in log.query(audit_filter):
+            if as_json:
+                typer.echo(json.dumps({**stored.record, "seq": stored.seq, "hash": stored.hash}))
+            else:
+                typer.echo(f"#{stored.seq} {_line(stored.record)}")
+    finally:
+        log.close()

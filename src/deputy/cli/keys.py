@@ -1,0 +1,52 @@
+"""`deputy keys`: list and rotate the signing keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
+from deputy.clock import SystemClock
+from deputy.policy.model import policy_from_settings
+from deputy.server.wiring import open_key_ring
+
+app = typer.Typer(help="Signing keys.", no_args_is_help=True)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+@app.command("list")
+def list_keys(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Show every key with its activation, retirement and publication times."""
+    settings = load_or_exit(config)
+    ring = open_key_ring(settings, SystemClock())
+    for k in ring.keys():
+        typer.echo(
+            f"{k.kid}  {k.alg}  activates {_when(k.activates_at)}  "
+            f"retired {_when(k.retired_at)}  published until {_when(k.publish_until)}"
+        )
+
+
+@app.command()
+def rotate(
+    config: ConfigOption = DEFAULT_CONFIG,
+    activate_after: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Seconds the new key is published before it signs (verifiers' JWKS)."
+        ),
+    ] = 60,
+) -> None:
+    """Add a new signing key; older keys stay published until their last token expires."""
+    settings = load_or_exit(config)
+    ring = open_key_ring(settings, SystemClock())
+    max_lifetime = policy_from_settings(settings).max_ttl
+    new = ring.rotate(activate_after=activate_after, max_token_lifetime=max_lifetime)
+    typer.echo(
+        f"new key {new.kid} ({new.alg}) published now, signs from {_when(new.activates_at)}; "
+        f"previous keys stay published for {max_lifetime} s after that"
+    )

@@ -1,0 +1,63 @@
+"""`deputy` command: serve, keys, audit, demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deputy.cli import audit, keys
+from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
+from deputy.clock import SystemClock
+
+app = typer.Typer(
+    name="deputy",
+    help="Credential broker that gives AI agents their own identity.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
+
+
+@app.command()
+def serve(
+    config: ConfigOption = DEFAULT_CONFIG,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default: server.port).")] = None,
+) -> None:
+    """Run the broker."""
+    import uvicorn
+
+    from deputy.server.app import create_app
+    from deputy.server.wiring import build_broker
+
+    settings = load_or_exit(config)
+    clock = SystemClock()
+    application = create_app(build_broker(settings, clock), clock)
+    uvicorn.run(
+        application,
+        host=host or settings.server.host,
+        port=settings.server.port if port is None else port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Working directory for the demo's files.")
+    ] = Path(".deputy-demo"),
+) -> None:
+    """Play a customer-support execution end to end on loopback, then its denials and audit."""
+    from deputy.devtools.demo import run_demo
+
+    raise typer.Exit(run_demo(directory))
+
+
+def main() -> None:
+    sys.exit(app())

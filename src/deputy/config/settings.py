@@ -1,0 +1,127 @@
+"""Typed, frozen settings. Unknown keys and wrong types are rejected at load time."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$"  # RFC 6749 §3.3 scope-token
+MAX_TTL_SECONDS = 86_400
+DEFAULT_MAX_DELEGATION_DEPTH = 4
+
+Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
+Scope = Annotated[StrictStr, Field(pattern=SCOPE_PATTERN)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpiffeTrustSettings(_Strict):
+    trust_domain: Annotated[StrictStr, Field(pattern=r"^[a-z0-9._-]{1,255}$")]
+    bundle: StrictStr  # a file path (relative to the config file) or an https URL
+    audience: StrictStr
+
+
+class OidcWorkloadSettings(_Strict):
+    issuer: StrictStr
+    jwks: StrictStr | None = None  # file or URL; omitted → OIDC discovery at the issuer
+    audience: StrictStr
+
+
+class AgentsSettings(_Strict):
+    spiffe: tuple[SpiffeTrustSettings, ...] = ()
+    oidc: tuple[OidcWorkloadSettings, ...] = ()
+
+
+class UserIssuerSettings(_Strict):
+    issuer: StrictStr
+    jwks: StrictStr | None = None
+    audience: StrictStr
+    tier_claim: StrictStr | None = None
+
+
+class ToolSettings(_Strict):
+    audience: StrictStr
+    category: Name
+    scopes: tuple[Scope, ...]
+
+
+class TtlSettings(_Strict):
+    default: Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS)] = 300
+    max: Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS)] = 900
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> TtlSettings:
+        if self.default > self.max:
+            raise ValueError(f"default ({self.default}) must not exceed max ({self.max})")
+        return self
+
+
+class WorkflowSettings(_Strict):
+    agents: tuple[StrictStr, ...] = Field(min_length=1)
+    delegation: Literal["user_token", "asserted"] = "user_token"
+    tiers: tuple[StrictStr, ...] | None = None
+    tools: dict[Name, tuple[Scope, ...]] = Field(min_length=1)
+    ttl: TtlSettings = TtlSettings()
+    rate_limits: dict[Name, Annotated[StrictInt, Field(ge=0)]] = {}
+
+
+class ServerSettings(_Strict):
+    host: StrictStr = "127.0.0.1"
+    port: Annotated[StrictInt, Field(ge=0, le=65535)] = 8080
+
+
+class Settings(_Strict):
+    issuer: StrictStr
+    data_dir: Path
+    agents: AgentsSettings = AgentsSettings()
+    users: tuple[UserIssuerSettings, ...] = ()
+    tools: dict[Name, ToolSettings] = Field(min_length=1)
+    workflows: dict[Name, WorkflowSettings] = Field(min_length=1)
+    server: ServerSettings = ServerSettings()
+    signing_alg: Literal["ES256", "ES384", "PS256", "RS256"] = "ES256"
+    config_dir: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Settings:
+        problems: list[str] = []
+        if not re.match(r"^https?://[^\s#?]+$", self.issuer):
+            problems.append("issuer: must be an http(s) URL without query or fragment")
+        for name, wf in self.workflows.items():
+            for tool, scopes in wf.tools.items():
+                if tool not in self.tools:
+                    problems.append(
+                        f"workflows.{name}.tools.{tool}: unknown tool; "
+                        f"declare it under `tools` (known: {', '.join(sorted(self.tools))})"
+                    )
+                    continue
+                extra = sorted(set(scopes) - set(self.tools[tool].scopes))
+                if extra:
+                    problems.append(
+                        f"workflows.{name}.tools.{tool}: scopes {extra} are not scopes of the "
+                        f"tool (allowed: {list(self.tools[tool].scopes)})"
+                    )
+            categories = {self.tools[t].category for t in wf.tools if t in self.tools}
+            for category in wf.rate_limits:
+                if category not in categories:
+                    problems.append(
+                        f"workflows.{name}.rate_limits.{category}: no tool of this workflow has "
+                        f"that category (categories: {sorted(categories)})"
+                    )
+            if wf.delegation == "user_token" and not self.users:
+                problems.append(
+                    f"workflows.{name}.delegation: user_token needs at least one entry in `users`"
+                )
+            if wf.delegation == "asserted" and wf.tiers is not None:
+                problems.append(
+                    f"workflows.{name}.tiers: an asserted delegation has no verified tier; "
+                    "remove `tiers` or use delegation: user_token"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

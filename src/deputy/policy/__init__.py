@@ -1,0 +1,1 @@
+"""Policy at issuance: workflows, tools, tiers, TTL bounds and daily limits."""

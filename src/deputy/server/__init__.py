@@ -1,0 +1,1 @@
+"""HTTP adapter: the ASGI app, its routes and error rendering."""

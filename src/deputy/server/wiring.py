@@ -1,0 +1,112 @@
+"""Builds a broker from settings: every collaborator created once and passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from deputy.audit.log import AuditLog
+from deputy.clock import Clock
+from deputy.config.loader import is_url
+from deputy.config.settings import Settings
+from deputy.identity import (
+    DiscoveryKeySource,
+    FileKeySource,
+    JwksCache,
+    OidcWorkloadTrust,
+    SpiffeTrust,
+    UrlKeySource,
+    UserIssuerTrust,
+    UserVerifier,
+    VerifiedTokenCache,
+    WorkloadVerifier,
+)
+from deputy.identity.jwks import KeySource
+from deputy.policy.model import Policy, policy_from_settings
+from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore
+from deputy.service.issuance import IssuanceService
+from deputy.store.key_files import FileKeyStore
+from deputy.store.sqlite import open_audit_log
+from deputy.tokens.key_ring import KeyRing
+from deputy.tokens.mint import Minter
+
+HTTP_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass
+class Broker:
+    """A running broker's parts: the service, its keys and stores, and what to close."""
+
+    settings: Settings
+    policy: Policy
+    service: IssuanceService
+    key_ring: KeyRing
+    audit: AuditLog
+    caches: tuple[JwksCache, ...]
+    http: httpx.AsyncClient
+
+    async def start(self) -> None:
+        """Prime every configured key set so the first requests need no fetch."""
+        for cache in self.caches:
+            await cache.load()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self.audit.close()
+
+
+def _source(location: str | None, issuer: str, http: httpx.AsyncClient) -> KeySource:
+    if location is None:
+        return DiscoveryKeySource(issuer, http)
+    if is_url(location):
+        return UrlKeySource(location, http)
+    return FileKeySource(Path(location))
+
+
+def open_key_ring(settings: Settings, clock: Clock) -> KeyRing:
+    ring = KeyRing(FileKeyStore(settings.data_dir / "keys"), clock, settings.signing_alg)
+    ring.load()
+    return ring
+
+
+def build_broker(settings: Settings, clock: Clock) -> Broker:
+    """Wire the broker for ``settings``: embedded SQLite audit, file keys, memory counters."""
+    http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
+    caches: list[JwksCache] = []
+
+    def cache(location: str | None, issuer: str) -> JwksCache:
+        c = JwksCache(_source(location, issuer, http), clock)
+        caches.append(c)
+        return c
+
+    spiffe = [
+        SpiffeTrust(s.trust_domain, s.audience, cache(s.bundle, f"spiffe://{s.trust_domain}"))
+        for s in settings.agents.spiffe
+    ]
+    oidc = [
+        OidcWorkloadTrust(o.issuer, o.audience, cache(o.jwks, o.issuer))
+        for o in settings.agents.oidc
+    ]
+    users = [
+        UserIssuerTrust(u.issuer, u.audience, cache(u.jwks, u.issuer), u.tier_claim)
+        for u in settings.users
+    ]
+    own = frozenset({settings.issuer})
+    audit = open_audit_log(settings.data_dir)
+    key_ring = open_key_ring(settings, clock)
+    policy = policy_from_settings(settings)
+    quota = MemoryQuotaStore(lambda day: audit.issued_counts(day * SECONDS_PER_DAY))
+    service = IssuanceService(
+        policy=policy,
+        workloads=WorkloadVerifier(
+            spiffe, oidc, clock, cache=VerifiedTokenCache(clock), reject_issuers=own
+        ),
+        users=UserVerifier(users, clock, cache=VerifiedTokenCache(clock), reject_issuers=own),
+        quota=quota,
+        minter=Minter(key_ring, settings.issuer),
+        audit=audit,
+        clock=clock,
+    )
+    return Broker(settings, policy, service, key_ring, audit, tuple(caches), http)

@@ -1,0 +1,1 @@
+"""Use cases that tie identity, policy, quota, minting and audit together."""

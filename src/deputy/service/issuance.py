@@ -1,0 +1,337 @@
+"""Issuance: verify → decide → take quota → mint → audit, for every adapter."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from deputy.audit.log import AuditLog
+from deputy.audit.record import DecisionRecord, IssuedCredential
+from deputy.clock import Clock
+from deputy.errors import (
+    AccessDenied,
+    InvalidRequest,
+    InvalidToken,
+    OAuthError,
+    RateLimited,
+    Reason,
+    StoreUnavailable,
+    TemporarilyUnavailable,
+    TokenRejected,
+)
+from deputy.identity.user import Principal, UserVerifier
+from deputy.identity.workload import Workload, WorkloadVerifier
+from deputy.policy.engine import Decision, Grant, Subject, decide
+from deputy.policy.model import Policy, Workflow
+from deputy.policy.quota import QuotaDemand, QuotaStore, seconds_until_next_day, utc_day
+from deputy.service.request import IssueRequest, decode_json_body, parse_issue_request
+from deputy.tokens.mint import Attribution, Credential, Minter
+
+RETRY_AFTER_UNAVAILABLE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Facts about the HTTP exchange that the audit record keeps."""
+
+    request_id: str
+    client_address: str | None
+    endpoint: str = "/issue"
+
+
+@dataclass(frozen=True, slots=True)
+class IssueResult:
+    """Credentials of one execution, keyed by tool."""
+
+    execution_id: str
+    decision_id: str
+    credentials: tuple[Credential, ...]
+
+    def body(self, now: float) -> dict[str, Any]:
+        return {
+            "credentials": {
+                c.tool: {
+                    "access_token": c.token,
+                    "token_type": "Bearer",
+                    "expires_in": max(0, c.expires_at - int(now)),
+                    "expires_at": c.expires_at,
+                    "scope": c.scope,
+                    "audience": c.audience,
+                }
+                for c in self.credentials
+            },
+            "execution_id": self.execution_id,
+            "decision_id": self.decision_id,
+        }
+
+
+@dataclass
+class _Trail:
+    """What is known so far about a request, for the audit record whatever the outcome."""
+
+    decision_id: str
+    execution_id: str
+    time: float
+    context: RequestContext
+    workload: Workload | None = None
+    request: IssueRequest | None = None
+    principal: Principal | None = None
+    workflow: str | None = None
+    decision: Decision | None = None
+
+    def record(
+        self,
+        *,
+        status: int,
+        error: str | None = None,
+        reasons: tuple[Reason, ...] = (),
+        credentials: tuple[IssuedCredential, ...] = (),
+        policy_version: str | None = None,
+    ) -> DecisionRecord:
+        req, who, wl = self.request, self.principal, self.workload
+        return DecisionRecord(
+            decision_id=self.decision_id,
+            time=self.time,
+            endpoint=self.context.endpoint,
+            outcome="allow" if status == 200 else "deny",
+            status=status,
+            request_id=self.context.request_id,
+            client_address=self.context.client_address,
+            error=error,
+            workload_id=wl.id if wl else None,
+            workload_issuer=wl.issuer if wl else None,
+            agent_instance=req.agent_id if req else None,
+            user_id=who.user_id if who else (req.user_id if req else None),
+            user_issuer=who.issuer if who else None,
+            delegation=who.how if who else None,
+            tier=who.tier if who else None,
+            workflow=self.workflow,
+            execution_id=self.execution_id if req else None,
+            tools_requested={
+                t: list(s) if s is not None else [] for t, s in (req.tools.items() if req else ())
+            },
+            ttl_seconds=self.decision.ttl if self.decision else (req.ttl_seconds if req else None),
+            credentials=credentials,
+            reasons=tuple(r.as_dict() for r in reasons),
+            policy_version=policy_version,
+        )
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(12)}"
+
+
+class IssuanceService:
+    """The single path from a verified request to audited credentials."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        workloads: WorkloadVerifier,
+        users: UserVerifier,
+        quota: QuotaStore,
+        minter: Minter,
+        audit: AuditLog,
+        clock: Clock,
+    ) -> None:
+        self._policy = policy
+        self._workloads = workloads
+        self._users = users
+        self._quota = quota
+        self._minter = minter
+        self._audit = audit
+        self._clock = clock
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    async def issue(self, bearer: str | None, body: bytes, context: RequestContext) -> IssueResult:
+        """Run one issuance; every outcome, allowed or denied, is audited before returning."""
+        trail = _Trail(new_id("dec"), new_id("exe"), self._clock.now(), context)
+        try:
+            return await self._issue(trail, bearer, body)
+        except OAuthError as err:
+            version = self._policy.version if trail.workflow else None
+            record = trail.record(
+                status=err.status_code, error=err.error, reasons=err.reasons,
+                policy_version=version,
+            )
+            try:
+                await self._audit.append(record)
+            except StoreUnavailable:
+                raise TemporarilyUnavailable(
+                    "the audit store is unavailable; retry shortly",
+                    retry_after=RETRY_AFTER_UNAVAILABLE,
+                ) from None
+            raise
+
+    async def _issue(self, trail: _Trail, bearer: str | None, body: bytes) -> IssueResult:
+        if not bearer:
+            raise InvalidToken("an agent workload token is required as a Bearer token")
+        try:
+            trail.workload = await self._workloads.verify(bearer)
+        except TokenRejected as err:
+            raise InvalidToken(f"workload token rejected: {err.reason}") from None
+        request = trail.request = parse_issue_request(decode_json_body(body))
+        workflow = self._select_workflow(trail.workload, request.workflow)
+        trail.workflow = workflow.name
+        subject = await self._establish_subject(trail, workflow, request)
+        decision = trail.decision = decide(
+            self._policy, workflow, subject, request.tools, request.ttl_seconds
+        )
+        now = trail.time
+        day = utc_day(now)
+        demands = self._demands(workflow, subject, request)
+        if not decision.allow:
+            over = self._quota.exceeded(day, demands)
+            raise AccessDenied(
+                "policy denied the request", reasons=decision.reasons + _quota_reasons(over)
+            )
+        over = self._quota.consume(day, demands)
+        if over:
+            raise RateLimited(
+                "daily issuance limit reached",
+                reasons=_quota_reasons(over),
+                retry_after=seconds_until_next_day(now),
+            )
+        try:
+            credentials = self._mint(trail, workflow, subject, decision)
+            await self._audit.append(
+                trail.record(
+                    status=200,
+                    credentials=tuple(
+                        IssuedCredential(c.jti, c.tool, c.audience, c.scope, c.category,
+                                         c.expires_at)
+                        for c in credentials
+                    ),
+                    policy_version=decision.policy_version,
+                )
+            )
+        except StoreUnavailable:
+            self._quota.refund(day, demands)
+            raise TemporarilyUnavailable(
+                "the audit store is unavailable; no credential was issued, retry shortly",
+                retry_after=RETRY_AFTER_UNAVAILABLE,
+            ) from None
+        except BaseException:
+            self._quota.refund(day, demands)
+            raise
+        return IssueResult(trail.execution_id, trail.decision_id, credentials)
+
+    def _select_workflow(self, workload: Workload, name: str | None) -> Workflow:
+        if name is not None:
+            workflow = self._policy.workflows.get(name)
+            if workflow is None:
+                raise InvalidRequest(f"unknown workflow '{name}'")
+            if not workflow.admits(workload.id):
+                raise AccessDenied(
+                    "policy denied the request",
+                    reasons=(
+                        Reason(
+                            "workflow.agents",
+                            f"workload {workload.id} is not one of the agents of workflow "
+                            f"'{name}'",
+                        ),
+                    ),
+                )
+            return workflow
+        matches = self._policy.workflows_for(workload.id)
+        if not matches:
+            raise AccessDenied(
+                "policy denied the request",
+                reasons=(
+                    Reason("workflow.agents", f"no workflow admits workload {workload.id}"),
+                ),
+            )
+        if len(matches) > 1:
+            names = ", ".join(sorted(w.name for w in matches))
+            raise InvalidRequest(
+                f"workload matches several workflows ({names}); name one in `workflow`"
+            )
+        return matches[0]
+
+    async def _establish_subject(
+        self, trail: _Trail, workflow: Workflow, request: IssueRequest
+    ) -> Subject:
+        assert trail.workload is not None
+        if workflow.delegation == "asserted":
+            if request.user_token is not None:
+                raise InvalidRequest(
+                    f"workflow '{workflow.name}' uses asserted delegation; omit `user_token`"
+                )
+            if request.user_id is None:
+                raise InvalidRequest(
+                    f"workflow '{workflow.name}' uses asserted delegation: `user_id` is required"
+                )
+            trail.principal = Principal(request.user_id, trail.workload.id, "asserted")
+            return Subject(trail.workload.id, request.user_id, None, "asserted")
+        if request.user_token is None:
+            raise InvalidRequest(
+                f"workflow '{workflow.name}' acts for a verified user: `user_token` is required"
+            )
+        try:
+            principal = trail.principal = await self._users.verify(request.user_token)
+        except TokenRejected as err:
+            raise InvalidRequest(f"user_token rejected: {err.reason}") from None
+        return Subject(
+            trail.workload.id, principal.user_id, principal.tier, "user_token", request.user_id
+        )
+
+    def _demands(
+        self, workflow: Workflow, subject: Subject, request: IssueRequest
+    ) -> tuple[QuotaDemand, ...]:
+        counts: dict[str, int] = {}
+        for name in request.tools:
+            tool = self._policy.tools.get(name)
+            if tool is not None and name in workflow.tools:
+                counts[tool.category] = counts.get(tool.category, 0) + 1
+        user = subject.user_id or subject.workload_id
+        return tuple(
+            QuotaDemand(user, category, amount, workflow.rate_limits[category])
+            for category, amount in counts.items()
+            if category in workflow.rate_limits
+        )
+
+    def _mint(
+        self, trail: _Trail, workflow: Workflow, subject: Subject, decision: Decision
+    ) -> tuple[Credential, ...]:
+        assert trail.request is not None and trail.principal is not None
+        issued_at = int(trail.time)
+        expires_at = issued_at + decision.ttl
+        if trail.principal.expires_at is not None:
+            expires_at = min(expires_at, int(trail.principal.expires_at))
+        who = Attribution(
+            user_id=subject.user_id or subject.workload_id,
+            workload_id=subject.workload_id,
+            agent_instance=trail.request.agent_id,
+            execution_id=trail.execution_id,
+            workflow=workflow.name,
+            decision_id=trail.decision_id,
+            delegation=subject.delegation,
+        )
+        return tuple(self._mint_one(g, who, issued_at, expires_at) for g in decision.grants)
+
+    def _mint_one(self, grant: Grant, who: Attribution, issued_at: int, expires_at: int) -> Credential:
+        return self._minter.mint(
+            tool=grant.tool.name,
+            audience=grant.tool.audience,
+            scope=grant.scope,
+            category=grant.tool.category,
+            who=who,
+            issued_at=issued_at,
+            expires_at=expires_at,
+        )
+
+
+def _quota_reasons(over: tuple[QuotaDemand, ...]) -> tuple[Reason, ...]:
+    return tuple(
+        Reason(
+            "rate_limit",
+            f"user {d.user_id} reached the daily limit of {d.limit} credentials "
+            f"for category '{d.category}'",
+        )
+        for d in over
+    )

@@ -1,0 +1,90 @@
+"""Signing keys as files in the data dir: a manifest plus one private PEM per key (0600)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from joserfc.jwk import ECKey, RSAKey
+
+from deputy.tokens.key_ring import SigningKey
+
+MANIFEST = "keys.json"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file readable by the owner only, atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class FileKeyStore:
+    """Keys under ``<data_dir>/keys``; the directory is created 0700."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+
+    def _ensure_dir(self) -> None:
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def version(self) -> object:
+        try:
+            st = (self._dir / MANIFEST).stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def load(self) -> list[SigningKey]:
+        try:
+            manifest = json.loads((self._dir / MANIFEST).read_text())
+        except FileNotFoundError:
+            return []
+        keys = []
+        for entry in manifest["keys"]:
+            pem = (self._dir / f"{entry['kid']}.pem").read_bytes()
+            key_cls = RSAKey if entry["alg"].startswith(("RS", "PS")) else ECKey
+            keys.append(
+                SigningKey(
+                    kid=entry["kid"],
+                    alg=entry["alg"],
+                    key=key_cls.import_key(pem),
+                    created_at=entry["created_at"],
+                    activates_at=entry["activates_at"],
+                    retired_at=entry.get("retired_at"),
+                    publish_until=entry.get("publish_until"),
+                )
+            )
+        return keys
+
+    def save(self, keys: Sequence[SigningKey]) -> None:
+        self._ensure_dir()
+        for k in keys:
+            pem_path = self._dir / f"{k.kid}.pem"
+            if not pem_path.exists():
+                write_private(pem_path, k.key.as_pem(private=True))
+        manifest = {
+            "keys": [
+                {
+                    "kid": k.kid,
+                    "alg": k.alg,
+                    "created_at": k.created_at,
+                    "activates_at": k.activates_at,
+                    "retired_at": k.retired_at,
+                    "publish_until": k.publish_until,
+                }
+                for k in keys
+            ]
+        }
+        write_private(self._dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+        kept = {f"{k.kid}.pem" for k in keys}
+        for old in self._dir.glob("*.pem"):
+            if old.name not in kept:
+                old.unlink()

@@ -1,0 +1,1 @@
+"""Credentials Deputy mints: signing keys, their rotation and JWKS, RFC 9068 minting."""

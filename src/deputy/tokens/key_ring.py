@@ -1,0 +1,131 @@
+"""Signing keys: creation, rotation with overlap, and the published JWKS."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from joserfc.jwk import ECKey, RSAKey
+
+from deputy.clock import Clock
+
+ALG_CURVES = {"ES256": "P-256", "ES384": "P-384"}
+RSA_BITS = 3072
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private signing key and its lifecycle times (epoch seconds)."""
+
+    kid: str
+    alg: str
+    key: ECKey | RSAKey
+    created_at: float
+    activates_at: float
+    retired_at: float | None = None
+    publish_until: float | None = None
+
+    def public_jwk(self) -> dict[str, Any]:
+        jwk = self.key.as_dict(private=False)
+        jwk.update({"kid": self.kid, "alg": self.alg, "use": "sig"})
+        return jwk
+
+
+class KeyStore(Protocol):
+    """Where signing keys live (files in the data dir by default)."""
+
+    def load(self) -> list[SigningKey]: ...
+
+    def save(self, keys: Sequence[SigningKey]) -> None: ...
+
+    def version(self) -> object:
+        """Changes whenever the stored keys change (so a running broker can reload)."""
+        ...
+
+
+def generate_key(alg: str, now: float, activates_at: float | None = None) -> SigningKey:
+    """A fresh private key for ``alg`` with a random ``kid``."""
+    if alg in ALG_CURVES:
+        key: ECKey | RSAKey = ECKey.generate_key(ALG_CURVES[alg], private=True)
+    else:
+        key = RSAKey.generate_key(RSA_BITS, private=True)
+    kid = secrets.token_urlsafe(12)
+    return SigningKey(kid, alg, key, now, now if activates_at is None else activates_at)
+
+
+class KeyRing:
+    """The active signing key and every key still published, reloaded when the store changes."""
+
+    def __init__(self, store: KeyStore, clock: Clock, alg: str) -> None:
+        self._store = store
+        self._clock = clock
+        self._alg = alg
+        self._keys: list[SigningKey] = []
+        self._version: object = None
+        self._jwks: dict[str, Any] = {"keys": []}
+
+    def load(self) -> None:
+        """Load the keys, creating the first one if the store is empty."""
+        keys = self._store.load()
+        if not keys:
+            keys = [generate_key(self._alg, self._clock.now())]
+            self._store.save(keys)
+        self._set(keys)
+
+    def refresh(self) -> bool:
+        """Reload if the store changed; return whether it did."""
+        version = self._store.version()
+        if version == self._version:
+            return False
+        self._set(self._store.load())
+        return True
+
+    def _set(self, keys: list[SigningKey]) -> None:
+        self._keys = sorted(keys, key=lambda k: k.activates_at)
+        self._version = self._store.version()
+        self._jwks = {"keys": [k.public_jwk() for k in self._keys]}
+
+    def active(self) -> SigningKey:
+        """The newest key whose activation time has come."""
+        now = self._clock.now()
+        usable = [k for k in self._keys if k.activates_at <= now]
+        if not usable:
+            raise LookupError("no active signing key")
+        return usable[-1]
+
+    def jwks(self) -> dict[str, Any]:
+        """Every key that is published: upcoming, active, and retired ones still in use."""
+        now = self._clock.now()
+        if any(k.publish_until is not None and k.publish_until <= now for k in self._keys):
+            return {
+                "keys": [
+                    k.public_jwk()
+                    for k in self._keys
+                    if k.publish_until is None or k.publish_until > now
+                ]
+            }
+        return self._jwks
+
+    def rotate(self, *, activate_after: float, max_token_lifetime: float) -> SigningKey:
+        """Add a key that signs from ``now + activate_after``; keep the old ones published."""
+        now = self._clock.now()
+        new = generate_key(self._alg, now, now + activate_after)
+        kept = []
+        for k in self._keys:
+            if k.publish_until is not None and k.publish_until <= now:
+                continue  # no token signed by it can still be valid
+            if k.retired_at is None:
+                k = replace(
+                    k,
+                    retired_at=new.activates_at,
+                    publish_until=new.activates_at + max_token_lifetime,
+                )
+            kept.append(k)
+        self._store.save([*kept, new])
+        self._set([*kept, new])
+        return new
+
+    def keys(self) -> list[SigningKey]:
+        return list(self._keys)

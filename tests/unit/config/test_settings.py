@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deputy.config import load_settings, parse_settings
+from deputy.errors import ConfigError
+
+EXAMPLE = Path(__file__).parents[3] / "examples" / "deputy.yaml"
+PACKAGED = Path(__file__).parents[3] / "src" / "deputy" / "devtools" / "example.yaml"
+
+
+def example() -> dict[str, object]:
+    loaded = yaml.safe_load(EXAMPLE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_example_config_is_accepted_as_written() -> None:
+    settings = load_settings(EXAMPLE)
+    assert settings.issuer == "https://deputy.internal"
+    assert settings.data_dir == (EXAMPLE.parent / ".deputy").resolve()
+    assert settings.agents.spiffe[0].bundle == str(
+        (EXAMPLE.parent / "trust/prod.example.jwks.json").resolve()
+    )
+    wf = settings.workflows["customer-support"]
+    assert wf.tools["ticketing_api"] == ("tickets:read", "tickets:write")
+    assert wf.rate_limits == {"customer-data": 100, "ticketing": 20}
+    assert settings.workflows["nightly-billing"].delegation == "asserted"
+
+
+def test_packaged_example_matches_examples_folder() -> None:
+    assert PACKAGED.read_text() == EXAMPLE.read_text()
+
+
+def test_urls_are_not_resolved_as_paths(tmp_path: Path) -> None:
+    doc = example()
+    doc["users"] = [{"issuer": "https://login.example.com", "audience": "portal",
+                     "jwks": "https://login.example.com/jwks"}]
+    settings = parse_settings(doc, tmp_path)
+    assert settings.users[0].jwks == "https://login.example.com/jwks"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d.update(isser="x"), "isser: unknown key"),
+        (lambda d: d["workflows"]["customer-support"].update(tool={}),
+         "workflows.customer-support.tool: unknown key"),
+        (lambda d: d["workflows"]["customer-support"]["ttl"].update(max="900"),
+         "workflows.customer-support.ttl.max: Input should be a valid integer"),
+        (lambda d: d["workflows"]["customer-support"]["ttl"].update(default=1000),
+         "default (1000) must not exceed max (900)"),
+        (lambda d: d["workflows"]["customer-support"]["tools"].update(billing_api=["x:y"]),
+         "workflows.customer-support.tools.billing_api: unknown tool"),
+        (lambda d: d["workflows"]["nightly-billing"]["tools"].update(
+            customer_data_api=["accounts:delete"]),
+         "scopes ['accounts:delete'] are not scopes of the tool"),
+        (lambda d: d["workflows"]["customer-support"]["rate_limits"].update(payments=3),
+         "rate_limits.payments: no tool of this workflow has that category"),
+        (lambda d: d["workflows"]["customer-support"].update(delegation="trust_me"),
+         "workflows.customer-support.delegation: Input should be 'user_token' or 'asserted'"),
+        (lambda d: d.pop("issuer"), "issuer: required key is missing"),
+        (lambda d: d.update(issuer="deputy.internal"), "issuer: must be an http(s) URL"),
+        (lambda d: d["agents"]["spiffe"][0].update(trust_domain="Prod.Example"),
+         "agents.spiffe.0.trust_domain"),
+        (lambda d: d["workflows"]["nightly-billing"].update(tiers=["pro"]),
+         "an asserted delegation has no verified tier"),
+        (lambda d: d["tools"]["pricing_api"].update(scopes=["rates read"]),
+         "tools.pricing_api.scopes.0"),
+    ],
+    ids=[
+        "unknown-top-key", "unknown-workflow-key", "ttl-wrong-type", "ttl-default-over-max",
+        "unknown-tool", "scope-not-of-tool", "rate-limit-unknown-category", "bad-delegation",
+        "missing-issuer", "issuer-not-url", "trust-domain-uppercase", "tiers-on-asserted",
+        "scope-with-space",
+    ],
+)
+def test_invalid_config_names_the_key(mutate, expected: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    doc = example()
+    mutate(doc)
+    with pytest.raises(ConfigError) as err:
+        parse_settings(doc, tmp_path)
+    assert expected in str(err.value)
+
+
+def test_duplicate_yaml_keys_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "deputy.yaml"
+    path.write_text(EXAMPLE.read_text() + "issuer: https://other.example\n")
+    with pytest.raises(ConfigError, match="duplicate key 'issuer'"):
+        load_settings(path)
+
+
+def test_missing_file_says_which(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_not_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "deputy.yaml"
+    path.write_text("issuer: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(path)

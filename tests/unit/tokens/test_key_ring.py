@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from deputy.clock import FakeClock
+from deputy.store.key_files import FileKeyStore
+from deputy.tokens.key_ring import KeyRing
+from deputy.tokens.mint import Attribution, Minter
+
+WHO = Attribution("alice", "spiffe://prod.example/agents/a", "inst-1", "exe_1", "wf", "dec_1",
+                  "user_token")
+
+
+def ring(tmp_path: Path, clock: FakeClock) -> KeyRing:
+    r = KeyRing(FileKeyStore(tmp_path / "keys"), clock, "ES256")
+    r.load()
+    return r
+
+
+def test_first_start_creates_one_private_key_0600(tmp_path: Path) -> None:
+    r = ring(tmp_path, FakeClock())
+    assert len(r.keys()) == 1
+    files = sorted((tmp_path / "keys").iterdir())
+    assert [f.name for f in files] == sorted([f"{r.active().kid}.pem", "keys.json"])
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    assert "d" not in r.jwks()["keys"][0]  # public only
+    # a restart loads the same key
+    assert ring(tmp_path, FakeClock()).active().kid == r.active().kid
+
+
+def test_rotation_publishes_before_use_and_keeps_old_until_expiry(tmp_path: Path) -> None:
+    clock = FakeClock()
+    r = ring(tmp_path, clock)
+    old = r.active().kid
+    new = r.rotate(activate_after=60, max_token_lifetime=900)
+    assert {k["kid"] for k in r.jwks()["keys"]} == {old, new.kid}
+    assert r.active().kid == old  # published, not yet signing
+    clock.advance(60)
+    assert r.active().kid == new.kid
+    clock.advance(899)
+    assert {k["kid"] for k in r.jwks()["keys"]} == {old, new.kid}
+    clock.advance(1)
+    assert [k["kid"] for k in r.jwks()["keys"]] == [new.kid]
+
+
+def test_running_ring_picks_up_rotation_by_another_process(tmp_path: Path) -> None:
+    clock = FakeClock()
+    serving = ring(tmp_path, clock)
+    other = ring(tmp_path, clock)
+    new = other.rotate(activate_after=0, max_token_lifetime=300)
+    assert serving.refresh() is True
+    assert serving.active().kid == new.kid
+    assert serving.refresh() is False
+
+
+def test_minted_token_is_rfc9068_and_verifies_with_jwks(tmp_path: Path) -> None:
+    clock = FakeClock()
+    r = ring(tmp_path, clock)
+    cred = Minter(r, "https://deputy.internal").mint(
+        tool="crm", audience="https://crm.internal", scope="accounts:read",
+        category="customer-data", who=WHO, issued_at=1000, expires_at=1300,
+    )
+    token = jwt.decode(cred.token, KeySet.import_key_set(r.jwks()), algorithms=["ES256"])
+    assert token.header == {"alg": "ES256", "typ": "at+jwt", "kid": r.active().kid}
+    assert token.claims == {
+        "iss": "https://deputy.internal", "sub": "alice", "aud": "https://crm.internal",
+        "client_id": "spiffe://prod.example/agents/a", "iat": 1000, "exp": 1300,
+        "jti": cred.jti, "scope": "accounts:read",
+        "act": {"sub": "spiffe://prod.example/agents/a"}, "agent_instance": "inst-1",
+        "execution_id": "exe_1", "workflow": "wf", "decision_id": "dec_1",
+        "delegation": "user_token",
+    }
+    assert cred.token not in repr(cred)
+
+
+def test_jtis_are_unique(tmp_path: Path) -> None:
+    minter = Minter(ring(tmp_path, FakeClock()), "https://deputy.internal")
+    jtis = {
+        minter.mint(tool="t", audience="a", scope="s", category="c", who=WHO, issued_at=0,
+                    expires_at=1).jti
+        for _ in range(200)
+    }
+    assert len(jtis) == 200
