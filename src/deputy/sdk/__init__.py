@@ -1,0 +1,1 @@
+"""What agents and the APIs they call import; never server code."""

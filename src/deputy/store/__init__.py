@@ -1,0 +1,1 @@
+"""Storage backends behind the domain's protocols (audit log, counters, keys)."""

@@ -1,0 +1,179 @@
+"""The audit tables: schema, record selection, and checks that rows agree with hashed bodies."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from deputy.audit.chain import ChainHead, ChainVerifier
+from deputy.audit.log import AuditFilter
+
+SCHEMA_VERSION = 1
+
+SCHEMA = (
+    "CREATE TABLE records ("
+    " seq INTEGER PRIMARY KEY, decision_id TEXT NOT NULL UNIQUE, time REAL NOT NULL,"
+    " outcome TEXT NOT NULL, execution_id TEXT, agent_instance TEXT, workload_id TEXT,"
+    " user_id TEXT, body TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)",
+    "CREATE INDEX records_execution_id ON records (execution_id)",
+    "CREATE INDEX records_agent_instance ON records (agent_instance)",
+    "CREATE INDEX records_workload_id ON records (workload_id)",
+    "CREATE INDEX records_user_id ON records (user_id)",
+    "CREATE INDEX records_time ON records (time)",
+    "CREATE TABLE credentials ("
+    " jti TEXT PRIMARY KEY, seq INTEGER NOT NULL, user_id TEXT, category TEXT, tool TEXT,"
+    " expires_at INTEGER, issued_at REAL)",
+    "CREATE INDEX credentials_user_category ON credentials (user_id, category, issued_at)",
+    "CREATE TABLE chain_head ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER, hash TEXT, mac TEXT)",
+)
+
+INSERT_RECORD = (
+    "INSERT INTO records (seq, decision_id, time, outcome, execution_id, agent_instance,"
+    " workload_id, user_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_CREDENTIAL = (
+    "INSERT INTO credentials (jti, seq, user_id, category, tool, expires_at, issued_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+WRITE_HEAD = (
+    "INSERT INTO chain_head (id, seq, hash, mac) VALUES (1, ?, ?, ?)"
+    " ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac"
+)
+READ_HEAD = "SELECT seq, hash, mac FROM chain_head WHERE id = 1"
+
+
+# Columns copied out of the hashed body so queries can use indexes; verify checks they agree.
+INDEXED_COLUMNS = (
+    "decision_id",
+    "time",
+    "outcome",
+    "execution_id",
+    "agent_instance",
+    "workload_id",
+    "user_id",
+)
+_EQUALITY_FILTERS = ("execution_id", "agent_instance", "workload_id", "user_id")
+
+RECORD_ROWS_SQL = (
+    "SELECT seq, body, prev_hash, hash, decision_id, time, outcome, execution_id,"
+    " agent_instance, workload_id, user_id FROM records ORDER BY seq"
+)
+CREDENTIAL_ROWS_SQL = (
+    "SELECT seq, jti, user_id, category, tool, expires_at, issued_at FROM credentials"
+    " ORDER BY seq, jti"
+)
+
+
+def select_records(audit_filter: AuditFilter) -> tuple[str, list[Any]]:
+    """The SQL and parameters that select a filter's records in seq order."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column in _EQUALITY_FILTERS:
+        value = getattr(audit_filter, column)
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if audit_filter.jti is not None:
+        clauses.append("seq IN (SELECT seq FROM credentials WHERE jti = ?)")
+        params.append(audit_filter.jti)
+    if audit_filter.since is not None:
+        clauses.append("time >= ?")
+        params.append(audit_filter.since)
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    params.append(max(audit_filter.limit, 0))
+    # Only fixed column names are interpolated; every value is a bound parameter.
+    sql = "SELECT seq, body, prev_hash, hash FROM records" + where + " ORDER BY seq LIMIT ?"  # noqa: S608
+    return sql, params
+
+
+def _text(value: Any) -> Any:
+    """Rows are read as bytes so a corrupt text column cannot abort verification."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return value
+
+
+def _blob(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace")
+    return b""
+
+
+class RowChecker:
+    """Feeds stored rows to the chain verifier and checks the tables derived from each body."""
+
+    def __init__(self, verifier: ChainVerifier, credential_rows: Iterable[tuple[Any, ...]]) -> None:
+        self._verifier = verifier
+        self._credentials: Iterator[tuple[Any, ...]] = iter(credential_rows)
+        self._pending = next(self._credentials, None)
+        self._last_seq = 0
+
+    def check(self, row: tuple[Any, ...]) -> bool:
+        """Check one records row; False once something is wrong (the verifier says what)."""
+        seq, body, prev_hash, hash_ = row[:4]
+        text_prev, text_hash = str(_text(prev_hash)), str(_text(hash_))
+        if not self._verifier.feed(seq, _blob(body), text_prev, text_hash):
+            return False
+        self._last_seq = seq
+        try:
+            data = json.loads(_blob(body))
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            self._verifier.fail(seq, f"record {seq} body is not a JSON object")
+            return False
+        problem = self._column_problem(seq, data, row[4:]) or self._credential_problem(seq, data)
+        if problem is not None:
+            self._verifier.fail(seq, problem)
+            return False
+        return True
+
+    def finish(self) -> None:
+        """Credential rows left over belong to no record."""
+        if self._pending is not None:
+            seq = self._last_seq + 1
+            self._verifier.fail(seq, f"credential {_text(self._pending[1])} belongs to no record")
+
+    @staticmethod
+    def _column_problem(seq: int, data: dict[str, Any], columns: tuple[Any, ...]) -> str | None:
+        for name, value in zip(INDEXED_COLUMNS, columns, strict=True):
+            if data.get(name) != _text(value):
+                return f"record {seq} column {name} does not match its hashed body"
+        return None
+
+    def _credential_problem(self, seq: int, data: dict[str, Any]) -> str | None:
+        stored: Counter[tuple[Any, ...]] = Counter()
+        while self._pending is not None and (
+            not isinstance(self._pending[0], int) or self._pending[0] <= seq
+        ):
+            row = tuple(_text(value) for value in self._pending)
+            self._pending = next(self._credentials, None)
+            if row[0] != seq:
+                return f"credential {row[1]} before record {seq} belongs to no record"
+            stored[row[1:]] += 1
+        expected: Counter[tuple[Any, ...]] = Counter()
+        for cred in data.get("credentials") or ():
+            if not isinstance(cred, dict):
+                return f"record {seq} body holds a malformed credential"
+            key = (cred.get("jti"), data.get("user_id"), cred.get("category"), cred.get("tool"))
+            expected[(*key, cred.get("expires_at"), data.get("time"))] += 1
+        if stored != expected:
+            return f"credential rows of record {seq} do not match its hashed body"
+        return None
+
+
+def head_from_row(row: tuple[Any, ...] | None) -> ChainHead | None:
+    """The stored chain head, or None; a malformed row yields a head that will not verify."""
+    if row is None or row[0] is None:
+        return None
+    seq, hash_, mac = (
+        value.decode("ascii", "replace") if isinstance(value, bytes) else value for value in row
+    )
+    if not (isinstance(seq, int) and isinstance(hash_, str) and isinstance(mac, str)):
+        return ChainHead(seq=-1, hash="", mac="")
+    return ChainHead(seq=seq, hash=hash_, mac=mac)

@@ -1,0 +1,416 @@
+"""The embedded SQLite audit log: group commit, one linear chain, tamper evidence, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deputy.audit.chain import canonical_json, link_hash
+from deputy.audit.log import AuditFilter
+from deputy.audit.record import DecisionRecord, IssuedCredential
+from deputy.clock import FakeClock
+from deputy.errors import StoreUnavailable
+from deputy.store.sqlite import SqliteAuditLog, open_audit_log
+
+KEY = b"audit-head-key-for-tests-32bytes!"
+T0 = 1_800_000_000.0
+HOSTILE = 'a\nb\r\x00\x1b[2J\u2028 "q" \\ caf\u00e9 \U0001f916 \'); DROP TABLE records;--'
+
+
+def make_record(i: int, **overrides: Any) -> DecisionRecord:
+    fields: dict[str, Any] = {
+        "decision_id": f"dec-{i}",
+        "time": T0 + i,
+        "endpoint": "/issue",
+        "outcome": "allow",
+        "status": 200,
+        "request_id": f"req-{i}",
+        "client_address": "127.0.0.1",
+        "workload_id": f"spiffe://example.org/agent/{i % 2}",
+        "agent_instance": f"inst-{i % 3}",
+        "user_id": f"user-{i % 4}",
+        "execution_id": f"exec-{i % 5}",
+        "credentials": (
+            IssuedCredential(
+                jti=f"jti-{i}",
+                tool="github",
+                audience="https://api.github.com",
+                scope="repo:read",
+                category="code",
+                expires_at=int(T0) + i + 300,
+            ),
+        ),
+        "policy_version": "v1",
+    }
+    fields.update(overrides)
+    return DecisionRecord(**fields)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "audit.db"
+
+
+@pytest.fixture
+def log(db: Path) -> Iterator[SqliteAuditLog]:
+    with SqliteAuditLog(db, KEY, clock=FakeClock(T0)) as audit_log:
+        yield audit_log
+
+
+def seqs(audit_log: SqliteAuditLog, **filters: Any) -> list[int]:
+    return [stored.seq for stored in audit_log.query(AuditFilter(**filters))]
+
+
+async def append_all(audit_log: SqliteAuditLog, records: list[DecisionRecord]) -> None:
+    await asyncio.gather(*(audit_log.append(r) for r in records))
+
+
+def raw(db: Path, *statements: str) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
+async def test_concurrent_appends_form_one_contiguous_chain(log: SqliteAuditLog) -> None:
+    await append_all(log, [make_record(i) for i in range(500)])
+    assert seqs(log) == list(range(1, 501))
+    report = log.verify()
+    assert report.ok and report.records == 500
+    assert 1 <= log.commits < 250, "appends were not grouped into shared transactions"
+
+
+def test_appends_from_several_event_loops_keep_one_chain(log: SqliteAuditLog) -> None:
+    def worker(base: int) -> None:
+        asyncio.run(append_all(log, [make_record(base + i) for i in range(100)]))
+
+    threads = [threading.Thread(target=worker, args=(k * 1000,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seqs(log) == list(range(1, 401))
+    assert log.verify().ok
+
+
+async def test_stored_record_is_the_decision_with_the_clock_time(db: Path) -> None:
+    clock = FakeClock(T0)
+    with SqliteAuditLog(db, KEY, clock=clock) as audit_log:
+        await audit_log.append(make_record(1))
+        clock.advance(5)
+        await audit_log.append(make_record(2))
+        first, second = audit_log.query(AuditFilter())
+    assert first.record == {**make_record(1).as_dict(), "logged_at": T0}
+    assert second.record["logged_at"] == T0 + 5
+    assert second.prev_hash == first.hash
+
+
+async def test_hostile_text_round_trips_and_verifies(log: SqliteAuditLog, db: Path) -> None:
+    record = make_record(
+        1,
+        user_id=HOSTILE,
+        execution_id=HOSTILE,
+        reasons=({"rule": "r", "message": HOSTILE},),
+        tools_requested={HOSTILE: [HOSTILE]},
+    )
+    await log.append(record)
+    (stored,) = log.query(AuditFilter(user_id=HOSTILE))
+    assert stored.record["reasons"] == [{"rule": "r", "message": HOSTILE}]
+    assert stored.record["tools_requested"] == {HOSTILE: [HOSTILE]}
+    assert log.verify().ok
+    conn = sqlite3.connect(db)
+    try:
+        (body,) = conn.execute("SELECT body FROM records").fetchone()
+    finally:
+        conn.close()
+    assert body.isascii() and "\n" not in body and "\r" not in body
+
+
+@pytest.mark.parametrize(
+    ("statements", "first_bad", "words"),
+    [
+        (["UPDATE records SET body = replace(body, 'req-4', 'req-X') WHERE seq = 4"], 4, "edited"),
+        (["UPDATE records SET hash = '" + "0" * 64 + "' WHERE seq = 2"], 2, "edited"),
+        (["DELETE FROM records WHERE seq = 5"], 5, "missing"),
+        (["DELETE FROM records WHERE seq >= 8"], 8, "ends at record 7"),
+        (["DELETE FROM chain_head"], 11, "head is missing"),
+        (["UPDATE chain_head SET mac = 'deadbeef'"], 11, "forged"),
+        (
+            [
+                "DELETE FROM records WHERE seq > 7",
+                "UPDATE chain_head SET seq = 7, hash = (SELECT hash FROM records WHERE seq = 7)",
+            ],
+            8,
+            "forged",
+        ),
+        (
+            [
+                "UPDATE records SET seq = -3 WHERE seq = 3",
+                "UPDATE records SET seq = 3 WHERE seq = 4",
+                "UPDATE records SET seq = 4 WHERE seq = -3",
+            ],
+            3,
+            "edited",
+        ),
+        (
+            [
+                "INSERT INTO records SELECT 11, 'forged', time, outcome, execution_id,"
+                " agent_instance, workload_id, user_id, body, hash, hash FROM records"
+                " WHERE seq = 10"
+            ],
+            11,
+            "edited",
+        ),
+        (["UPDATE records SET user_id = 'someone-else' WHERE seq = 6"], 6, "column user_id"),
+        (["UPDATE records SET time = 0 WHERE seq = 9"], 9, "column time"),
+        (["DELETE FROM credentials WHERE seq = 6"], 6, "credential rows of record 6"),
+        (["UPDATE credentials SET category = 'none' WHERE seq = 2"], 2, "credential rows"),
+        (["UPDATE credentials SET seq = 99 WHERE seq = 10"], 10, "credential rows"),
+        (["UPDATE records SET body = CAST(X'FFFE00' AS TEXT) WHERE seq = 2"], 2, "edited"),
+    ],
+    ids=[
+        "edit-body",
+        "edit-hash",
+        "delete-middle",
+        "delete-tail-keep-head",
+        "delete-head",
+        "garbage-head-mac",
+        "truncate-and-move-head",
+        "swap-two-records",
+        "insert-after-head",
+        "edit-index-column",
+        "edit-time-column",
+        "delete-credential",
+        "edit-credential",
+        "orphan-credential",
+        "invalid-utf8-body",
+    ],
+)
+async def test_raw_tampering_is_named(
+    db: Path, statements: list[str], first_bad: int, words: str
+) -> None:
+    with SqliteAuditLog(db, KEY) as audit_log:
+        for i in range(1, 11):
+            await audit_log.append(make_record(i))
+        assert audit_log.verify().ok
+    raw(db, *statements)
+    with SqliteAuditLog(db, KEY) as audit_log:
+        report = audit_log.verify()
+    assert not report.ok
+    assert report.first_bad_seq == first_bad, report.problem
+    assert words in (report.problem or "")
+
+
+async def test_well_linked_record_after_the_head_is_caught(db: Path) -> None:
+    with SqliteAuditLog(db, KEY) as audit_log:
+        await audit_log.append(make_record(1))
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        (prev,) = conn.execute("SELECT hash FROM records WHERE seq = 1").fetchone()
+        body = canonical_json({"decision_id": "forged", "time": 0, "outcome": "allow"})
+        conn.execute(
+            "INSERT INTO records (seq, decision_id, time, outcome, body, prev_hash, hash)"
+            " VALUES (2, 'forged', 0, 'allow', ?, ?, ?)",
+            (body.decode(), prev, link_hash(2, prev, body)),
+        )
+    finally:
+        conn.close()
+    with SqliteAuditLog(db, KEY) as audit_log:
+        report = audit_log.verify()
+        with pytest.raises(StoreUnavailable):
+            await audit_log.append(make_record(3))
+    assert report.first_bad_seq == 2
+    assert report.problem == "record 2 lies beyond the authenticated head"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["DELETE FROM chain_head", "UPDATE chain_head SET mac = 'deadbeef'"],
+    ids=["missing-head", "forged-head"],
+)
+async def test_writer_refuses_to_extend_a_chain_with_a_bad_head(
+    log: SqliteAuditLog, db: Path, statement: str
+) -> None:
+    await log.append(make_record(1))
+    raw(db, statement)
+    with pytest.raises(StoreUnavailable):
+        await log.append(make_record(2))
+    assert log.verify().first_bad_seq == 2
+
+
+async def test_locked_store_fails_closed_then_recovers_without_restart(db: Path) -> None:
+    with SqliteAuditLog(db, KEY, busy_timeout_ms=100) as audit_log:
+        await audit_log.append(make_record(1))
+        holder = sqlite3.connect(db, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            results = await asyncio.gather(
+                *(audit_log.append(make_record(i)) for i in (2, 3, 4)), return_exceptions=True
+            )
+            holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+        assert all(isinstance(r, StoreUnavailable) for r in results)
+        assert str(results[0]) == "audit store unavailable"
+        await audit_log.append(make_record(5))
+        assert [s.record["decision_id"] for s in audit_log.query(AuditFilter())] == [
+            "dec-1",
+            "dec-5",
+        ]
+        assert seqs(audit_log) == [1, 2]
+        assert audit_log.verify().ok
+
+
+async def test_full_disk_fails_closed_then_recovers(db: Path) -> None:
+    writers: list[sqlite3.Connection] = []
+    with SqliteAuditLog(db, KEY, on_connect=writers.append) as audit_log:
+        await audit_log.append(make_record(1))
+        writer = writers[-1]
+        (pages,) = writer.execute("PRAGMA page_count").fetchone()
+        writer.execute(f"PRAGMA max_page_count = {pages}")
+        big = make_record(2, reasons=({"rule": "r", "message": "x" * 200_000},))
+        with pytest.raises(StoreUnavailable):
+            await audit_log.append(big)
+        writer.execute("PRAGMA max_page_count = 1073741823")
+        await audit_log.append(big)
+        await audit_log.append(make_record(3))
+        assert seqs(audit_log) == [1, 2, 3]
+        assert audit_log.verify().ok
+
+
+async def test_duplicate_decision_id_fails_alone(log: SqliteAuditLog) -> None:
+    await log.append(make_record(1))
+    results = await asyncio.gather(
+        log.append(make_record(2)),
+        log.append(make_record(1, credentials=())),
+        log.append(make_record(3)),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StoreUnavailable)
+    assert seqs(log) == [1, 2, 3] and log.verify().ok
+
+
+async def test_unserialisable_record_fails_alone(log: SqliteAuditLog) -> None:
+    results = await asyncio.gather(
+        log.append(make_record(1)),
+        log.append(make_record(2, time=float("nan"))),
+        log.append(make_record(3)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], ValueError) and results[0] is None and results[2] is None
+    assert seqs(log) == [1, 2] and log.verify().ok
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, list(range(1, 13))),
+        ({"execution_id": "exec-2"}, [2, 7, 12]),
+        ({"agent_instance": "inst-0"}, [3, 6, 9, 12]),
+        ({"workload_id": "spiffe://example.org/agent/1"}, [1, 3, 5, 7, 9, 11]),
+        ({"user_id": "user-1"}, [1, 5, 9]),
+        ({"jti": "jti-7"}, [7]),
+        ({"jti": "no-such-jti"}, []),
+        ({"since": T0 + 10}, [10, 11, 12]),
+        ({"user_id": "user-1", "since": T0 + 2}, [5, 9]),
+        ({"limit": 2}, [1, 2]),
+    ],
+    ids=lambda v: ",".join(f"{k}" for k in v) if isinstance(v, dict) else None,
+)
+async def test_query_filters(
+    log: SqliteAuditLog, filters: dict[str, Any], expected: list[int]
+) -> None:
+    for i in range(1, 13):
+        await log.append(make_record(i))
+    assert seqs(log, **filters) == expected
+    assert [s.record["decision_id"] for s in log.query(AuditFilter(**filters))] == [
+        f"dec-{i}" for i in expected
+    ]
+
+
+async def test_issued_counts_per_user_and_category(log: SqliteAuditLog) -> None:
+    def cred(jti: str, category: str) -> IssuedCredential:
+        return IssuedCredential(jti, "tool", "https://aud", "s", category, int(T0) + 600)
+
+    await log.append(make_record(1, user_id="alice", credentials=(cred("a", "code"),)))
+    await log.append(
+        make_record(2, user_id="alice", credentials=(cred("b", "code"), cred("c", "mail")))
+    )
+    await log.append(make_record(3, user_id="bob", credentials=(cred("d", "code"),)))
+    await log.append(make_record(4, outcome="deny", status=403, credentials=()))
+    assert log.issued_counts(T0) == {("alice", "code"): 2, ("alice", "mail"): 1, ("bob", "code"): 1}
+    assert log.issued_counts(T0 + 2) == {
+        ("alice", "code"): 1,
+        ("alice", "mail"): 1,
+        ("bob", "code"): 1,
+    }
+    assert log.issued_counts(T0 + 100) == {}
+
+
+async def test_reopening_continues_the_chain(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    audit_log = open_audit_log(data_dir, clock=FakeClock(T0))
+    await append_all(audit_log, [make_record(i) for i in range(3)])
+    audit_log.close()
+    key = (data_dir / "audit.key").read_bytes()
+    assert len(key) == 32
+    assert stat.S_IMODE((data_dir / "audit.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert audit_log.verify().ok
+
+    with open_audit_log(data_dir) as reopened:
+        await append_all(reopened, [make_record(i) for i in range(3, 5)])
+        assert seqs(reopened) == [1, 2, 3, 4, 5]
+        assert reopened.verify().ok
+    assert (data_dir / "audit.key").read_bytes() == key
+
+
+async def test_a_different_key_does_not_verify(db: Path) -> None:
+    with SqliteAuditLog(db, KEY) as audit_log:
+        await audit_log.append(make_record(1))
+    with SqliteAuditLog(db, b"another-key-of-thirty-two-bytes!") as other:
+        assert other.verify().problem == "chain head signature does not verify: the head was forged"
+        with pytest.raises(StoreUnavailable):
+            await other.append(make_record(2))
+
+
+async def test_close_commits_pending_appends_then_refuses_new_ones(log: SqliteAuditLog) -> None:
+    tasks = [asyncio.create_task(log.append(make_record(i))) for i in range(50)]
+    await asyncio.sleep(0)  # let every task enqueue its record
+    log.close()
+    await asyncio.gather(*tasks)
+    assert seqs(log) == list(range(1, 51))
+    with pytest.raises(StoreUnavailable):
+        await log.append(make_record(99))
+
+
+def test_empty_log_verifies_and_schema_is_versioned(log: SqliteAuditLog, db: Path) -> None:
+    assert log.verify().ok and log.verify().records == 0
+    assert list(log.query(AuditFilter())) == [] and log.issued_counts(0) == {}
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+
+
+def test_unknown_schema_version_is_refused(db: Path) -> None:
+    raw(db, "PRAGMA user_version = 99")
+    with pytest.raises(StoreUnavailable, match="schema version 99"):
+        SqliteAuditLog(db, KEY)
+
+
+def test_short_key_is_refused(db: Path) -> None:
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        SqliteAuditLog(db, b"short")
