@@ -52,9 +52,7 @@ def verify(config: ConfigOption = DEFAULT_CONFIG) -> None:
     if report.ok:
         typer.echo(f"audit chain ok: {report.records} records")
         return
-    typer.echo(
-        f"audit chain BROKEN at record {report.first_bad_seq}: {report.problem}", err=True
-    )
+    typer.echo(f"audit chain BROKEN at record {report.first_bad_seq}: {report.problem}", err=True)
     raise typer.Exit(1)
 
 

@@ -24,7 +24,7 @@ def list_keys(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Show every key with its activation, retirement and publication times."""
     settings = load_or_exit(config)
     ring = open_key_ring(settings, SystemClock())
-    for k in ring.keys():
+    for k in ring.all_keys():
         typer.echo(
             f"{k.kid}  {k.alg}  activates {_when(k.activates_at)}  "
             f"retired {_when(k.retired_at)}  published until {_when(k.publish_until)}"

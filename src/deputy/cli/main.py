@@ -25,7 +25,9 @@ app.add_typer(audit.app, name="audit")
 @app.command()
 def serve(
     config: ConfigOption = DEFAULT_CONFIG,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default: server.host).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default: server.host).")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (default: server.port).")] = None,
 ) -> None:
     """Run the broker."""

@@ -59,14 +59,21 @@ def _show_denial(label: str, response: httpx.Response) -> None:
         print(f"    Retry-After: {response.headers['retry-after']} s")
 
 
-async def seed_snippet(url: str, agent_instance_id: str, user_context: dict[str, str],
-                       agent_workload_token: str) -> dict[str, Any]:
+async def seed_snippet(
+    url: str, agent_instance_id: str, user_context: dict[str, str], agent_workload_token: str
+) -> dict[str, Any]:
     """The seed's client code, verbatim but for the URL."""
     async with httpx.AsyncClient() as client:
-        response = await client.post(f"{url}/issue",
-            json={"agent_id": agent_instance_id, "user_id": user_context["user_id"],
-                  "tools": ["customer_data_api", "ticketing_api"], "ttl_seconds": 300},
-            headers={"Authorization": f"Bearer {agent_workload_token}"})
+        response = await client.post(
+            f"{url}/issue",
+            json={
+                "agent_id": agent_instance_id,
+                "user_id": user_context["user_id"],
+                "tools": ["customer_data_api", "ticketing_api"],
+                "ttl_seconds": 300,
+            },
+            headers={"Authorization": f"Bearer {agent_workload_token}"},
+        )
         credentials: dict[str, Any] = response.json()["credentials"]
         return credentials
 
@@ -104,25 +111,44 @@ def run_demo(directory: Path) -> int:
         }
         for tool, cred in issued["credentials"].items():
             token = jwt.decode(cred["access_token"], jwks, algorithms=["ES256", "ES384"])
-            print(f"\n{steps[tool]} → {tool}: {cred['token_type']}, expires_in "
-                  f"{cred['expires_in']} s, verified against the published JWKS")
+            print(
+                f"\n{steps[tool]} → {tool}: {cred['token_type']}, expires_in "
+                f"{cred['expires_in']} s, verified against the published JWKS"
+            )
             print("  header: " + json.dumps(dict(token.header)))
             print("  claims: " + json.dumps(token.claims, indent=2).replace("\n", "\n  "))
 
         _section("2. denials")
         bob_free = idp.user_token("bob", "free")
-        base = {"agent_id": "triage-7f9c", "user_id": "alice", "user_token": alice}
-        _show_denial("tool outside the workflow",
-                     issue({**base, "tools": ["customer_data_api", "payments_api"]}))
-        _show_denial("scope beyond the workflow's grant",
-                     issue({**base, "tools": {"customer_data_api": ["accounts:write"]}}))
-        _show_denial("TTL over the bound",
-                     issue({**base, "tools": ["pricing_api"], "ttl_seconds": 3600}))
-        _show_denial("free-tier user",
-                     issue({"agent_id": "triage-7f9c", "user_id": "bob", "user_token": bob_free,
-                            "tools": ["pricing_api"]}))
-        _show_denial("another user's token",
-                     issue({**base, "user_token": idp.user_token("mallory", "pro")}))
+        base = {
+            "agent_id": "triage-7f9c",
+            "user_id": "alice",
+            "user_token": alice,
+            "tools": ["pricing_api"],
+        }
+        _show_denial(
+            "tool outside the workflow",
+            issue({**base, "tools": ["customer_data_api", "payments_api"]}),
+        )
+        _show_denial(
+            "scope beyond the workflow's grant",
+            issue({**base, "tools": {"customer_data_api": ["accounts:write"]}}),
+        )
+        _show_denial("TTL over the bound", issue({**base, "ttl_seconds": 3600}))
+        _show_denial(
+            "free-tier user",
+            issue(
+                {
+                    "agent_id": "triage-7f9c",
+                    "user_id": "bob",
+                    "user_token": bob_free,
+                    "tools": ["pricing_api"],
+                }
+            ),
+        )
+        _show_denial(
+            "another user's token", issue({**base, "user_token": idp.user_token("mallory", "pro")})
+        )
         carol = idp.user_token("carol", "enterprise")
         carol_body = {"agent_id": "triage-7f9c", "user_token": carol, "tools": ["ticketing_api"]}
         allowed = 0
@@ -133,22 +159,34 @@ def run_demo(directory: Path) -> int:
         _show_denial("forged workload token", issue(base, token=svid[:-4] + "AAAA"))
 
         _section("3. asserted delegation: the seed's client snippet, verbatim")
-        k8s_token = k8s.sign({"iss": "https://k8s.example/cluster-1", "sub": ESCALATION_SA,
-                              "aud": "deputy", "iat": int(SystemClock().now()),
-                              "exp": int(SystemClock().now()) + 600})
-        creds = asyncio.run(seed_snippet(broker.url, "escalation-5d2a", {"user_id": "dave"},
-                                         k8s_token))
+        k8s_token = k8s.sign(
+            {
+                "iss": "https://k8s.example/cluster-1",
+                "sub": ESCALATION_SA,
+                "aud": "deputy",
+                "iat": int(SystemClock().now()),
+                "exp": int(SystemClock().now()) + 600,
+            }
+        )
+        creds = asyncio.run(
+            seed_snippet(broker.url, "escalation-5d2a", {"user_id": "dave"}, k8s_token)
+        )
         for tool, cred in creds.items():
             print(f"- {tool}: scope '{cred['scope']}', audience {cred['audience']}")
 
         _section(f"4. audit trail of execution {execution}")
         for stored in broker.broker.audit.query(AuditFilter(execution_id=execution)):
             r = stored.record
-            print(f"#{stored.seq} {r['outcome']} {r['workflow']} workload={r['workload_id']} "
-                  f"instance={r['agent_instance']} user={r['user_id']} ({r['delegation']})")
+            print(
+                f"#{stored.seq} {r['outcome']} {r['workflow']} workload={r['workload_id']} "
+                f"instance={r['agent_instance']} user={r['user_id']} ({r['delegation']})"
+            )
             for c in r["credentials"]:
                 print(f"    {c['tool']}: jti={c['jti']} aud={c['audience']} scope='{c['scope']}'")
             print(f"    hash {stored.hash[:16]}… ← prev {stored.prev_hash[:16]}…")
+        decisions = list(broker.broker.audit.query(AuditFilter(agent_instance="triage-7f9c")))
+        denied = sum(1 for s in decisions if s.record["outcome"] == "deny")
+        print(f"agent instance triage-7f9c: {len(decisions)} decisions, {denied} denied")
 
     _section("5. audit verify")
     from deputy.store.sqlite import open_audit_log
@@ -158,7 +196,9 @@ def run_demo(directory: Path) -> int:
         report = log.verify()
     finally:
         log.close()
-    print(f"chain {'ok' if report.ok else 'BROKEN'}: {report.records} records"
-          + ("" if report.ok else f", first bad record {report.first_bad_seq}: {report.problem}"))
+    print(
+        f"chain {'ok' if report.ok else 'BROKEN'}: {report.records} records"
+        + ("" if report.ok else f", first bad record {report.first_bad_seq}: {report.problem}")
+    )
     print(f"\nTry: deputy audit query --config {config} --execution {execution}")
     return 0 if report.ok else 1

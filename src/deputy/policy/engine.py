@@ -122,4 +122,3 @@ def decide(
         ttl=ttl,
         policy_version=policy.version,
     )
-

@@ -81,9 +81,7 @@ def create_app(broker: Broker, clock: Clock) -> Starlette:
             result = await service.issue(bearer_token(request), body, context)
         except OAuthError as err:
             return error_response(err, rid)
-        return JSONResponse(
-            result.body(clock.now()), headers={**NO_STORE, "X-Request-ID": rid}
-        )
+        return JSONResponse(result.body(clock.now()), headers={**NO_STORE, "X-Request-ID": rid})
 
     async def jwks(request: Request) -> Response:
         return JSONResponse(broker.key_ring.jwks(), headers={"Cache-Control": "max-age=60"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -156,7 +157,9 @@ class IssuanceService:
         except OAuthError as err:
             version = self._policy.version if trail.workflow else None
             record = trail.record(
-                status=err.status_code, error=err.error, reasons=err.reasons,
+                status=err.status_code,
+                error=err.error,
+                reasons=err.reasons,
                 policy_version=version,
             )
             try:
@@ -199,15 +202,18 @@ class IssuanceService:
             )
         try:
             credentials = self._mint(trail, workflow, subject, decision)
-            await self._audit.append(
-                trail.record(
-                    status=200,
-                    credentials=tuple(
-                        IssuedCredential(c.jti, c.tool, c.audience, c.scope, c.category,
-                                         c.expires_at)
-                        for c in credentials
-                    ),
-                    policy_version=decision.policy_version,
+            await asyncio.shield(
+                self._audit.append(
+                    trail.record(
+                        status=200,
+                        credentials=tuple(
+                            IssuedCredential(
+                                c.jti, c.tool, c.audience, c.scope, c.category, c.expires_at
+                            )
+                            for c in credentials
+                        ),
+                        policy_version=decision.policy_version,
+                    )
                 )
             )
         except StoreUnavailable:
@@ -232,8 +238,7 @@ class IssuanceService:
                     reasons=(
                         Reason(
                             "workflow.agents",
-                            f"workload {workload.id} is not one of the agents of workflow "
-                            f"'{name}'",
+                            f"workload {workload.id} is not one of the agents of workflow '{name}'",
                         ),
                     ),
                 )
@@ -242,9 +247,7 @@ class IssuanceService:
         if not matches:
             raise AccessDenied(
                 "policy denied the request",
-                reasons=(
-                    Reason("workflow.agents", f"no workflow admits workload {workload.id}"),
-                ),
+                reasons=(Reason("workflow.agents", f"no workflow admits workload {workload.id}"),),
             )
         if len(matches) > 1:
             names = ", ".join(sorted(w.name for w in matches))
@@ -314,7 +317,9 @@ class IssuanceService:
         )
         return tuple(self._mint_one(g, who, issued_at, expires_at) for g in decision.grants)
 
-    def _mint_one(self, grant: Grant, who: Attribution, issued_at: int, expires_at: int) -> Credential:
+    def _mint_one(
+        self, grant: Grant, who: Attribution, issued_at: int, expires_at: int
+    ) -> Credential:
         return self._minter.mint(
             tool=grant.tool.name,
             audience=grant.tool.audience,

@@ -41,9 +41,7 @@ def _identifier(body: Mapping[str, object], key: str, *, required: bool) -> str 
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"`{key}` must be a non-empty string")
     if len(value) > MAX_ID_LENGTH or not value.isprintable():
-        raise InvalidRequest(
-            f"`{key}` must be at most {MAX_ID_LENGTH} printable characters"
-        )
+        raise InvalidRequest(f"`{key}` must be at most {MAX_ID_LENGTH} printable characters")
     return value
 
 
@@ -74,9 +72,7 @@ def _tools(value: object) -> dict[str, tuple[str, ...] | None]:
     elif isinstance(value, dict):
         tools = {_tool_name(k): _scopes(k, v) for k, v in value.items()}
     else:
-        raise InvalidRequest(
-            "`tools` must be a list of tool names or a map of tool name to scopes"
-        )
+        raise InvalidRequest("`tools` must be a list of tool names or a map of tool name to scopes")
     if not tools:
         raise InvalidRequest("`tools` must name at least one tool")
     if len(tools) > MAX_TOOLS_PER_REQUEST:

@@ -127,5 +127,5 @@ class KeyRing:
         self._set([*kept, new])
         return new
 
-    def keys(self) -> list[SigningKey]:
+    def all_keys(self) -> list[SigningKey]:
         return list(self._keys)

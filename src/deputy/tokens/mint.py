@@ -10,7 +10,7 @@ from joserfc import jwt
 
 from deputy.tokens.key_ring import KeyRing
 
-TOKEN_TYPE_HEADER = "at+jwt"  # RFC 9068 §2.1
+TOKEN_TYPE_HEADER = "at+jwt"  # noqa: S105 - RFC 9068 §2.1 media type, not a secret
 
 
 @dataclass(frozen=True, slots=True)

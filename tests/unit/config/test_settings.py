@@ -37,8 +37,13 @@ def test_packaged_example_matches_examples_folder() -> None:
 
 def test_urls_are_not_resolved_as_paths(tmp_path: Path) -> None:
     doc = example()
-    doc["users"] = [{"issuer": "https://login.example.com", "audience": "portal",
-                     "jwks": "https://login.example.com/jwks"}]
+    doc["users"] = [
+        {
+            "issuer": "https://login.example.com",
+            "audience": "portal",
+            "jwks": "https://login.example.com/jwks",
+        }
+    ]
     settings = parse_settings(doc, tmp_path)
     assert settings.users[0].jwks == "https://login.example.com/jwks"
 
@@ -47,34 +52,64 @@ def test_urls_are_not_resolved_as_paths(tmp_path: Path) -> None:
     ("mutate", "expected"),
     [
         (lambda d: d.update(isser="x"), "isser: unknown key"),
-        (lambda d: d["workflows"]["customer-support"].update(tool={}),
-         "workflows.customer-support.tool: unknown key"),
-        (lambda d: d["workflows"]["customer-support"]["ttl"].update(max="900"),
-         "workflows.customer-support.ttl.max: Input should be a valid integer"),
-        (lambda d: d["workflows"]["customer-support"]["ttl"].update(default=1000),
-         "default (1000) must not exceed max (900)"),
-        (lambda d: d["workflows"]["customer-support"]["tools"].update(billing_api=["x:y"]),
-         "workflows.customer-support.tools.billing_api: unknown tool"),
-        (lambda d: d["workflows"]["nightly-billing"]["tools"].update(
-            customer_data_api=["accounts:delete"]),
-         "scopes ['accounts:delete'] are not scopes of the tool"),
-        (lambda d: d["workflows"]["customer-support"]["rate_limits"].update(payments=3),
-         "rate_limits.payments: no tool of this workflow has that category"),
-        (lambda d: d["workflows"]["customer-support"].update(delegation="trust_me"),
-         "workflows.customer-support.delegation: Input should be 'user_token' or 'asserted'"),
+        (
+            lambda d: d["workflows"]["customer-support"].update(tool={}),
+            "workflows.customer-support.tool: unknown key",
+        ),
+        (
+            lambda d: d["workflows"]["customer-support"]["ttl"].update(max="900"),
+            "workflows.customer-support.ttl.max: Input should be a valid integer",
+        ),
+        (
+            lambda d: d["workflows"]["customer-support"]["ttl"].update(default=1000),
+            "default (1000) must not exceed max (900)",
+        ),
+        (
+            lambda d: d["workflows"]["customer-support"]["tools"].update(billing_api=["x:y"]),
+            "workflows.customer-support.tools.billing_api: unknown tool",
+        ),
+        (
+            lambda d: d["workflows"]["nightly-billing"]["tools"].update(
+                customer_data_api=["accounts:delete"]
+            ),
+            "scopes ['accounts:delete'] are not scopes of the tool",
+        ),
+        (
+            lambda d: d["workflows"]["customer-support"]["rate_limits"].update(payments=3),
+            "rate_limits.payments: no tool of this workflow has that category",
+        ),
+        (
+            lambda d: d["workflows"]["customer-support"].update(delegation="trust_me"),
+            "workflows.customer-support.delegation: Input should be 'user_token' or 'asserted'",
+        ),
         (lambda d: d.pop("issuer"), "issuer: required key is missing"),
         (lambda d: d.update(issuer="deputy.internal"), "issuer: must be an http(s) URL"),
-        (lambda d: d["agents"]["spiffe"][0].update(trust_domain="Prod.Example"),
-         "agents.spiffe.0.trust_domain"),
-        (lambda d: d["workflows"]["nightly-billing"].update(tiers=["pro"]),
-         "an asserted delegation has no verified tier"),
-        (lambda d: d["tools"]["pricing_api"].update(scopes=["rates read"]),
-         "tools.pricing_api.scopes.0"),
+        (
+            lambda d: d["agents"]["spiffe"][0].update(trust_domain="Prod.Example"),
+            "agents.spiffe.0.trust_domain",
+        ),
+        (
+            lambda d: d["workflows"]["nightly-billing"].update(tiers=["pro"]),
+            "an asserted delegation has no verified tier",
+        ),
+        (
+            lambda d: d["tools"]["pricing_api"].update(scopes=["rates read"]),
+            "tools.pricing_api.scopes.0",
+        ),
     ],
     ids=[
-        "unknown-top-key", "unknown-workflow-key", "ttl-wrong-type", "ttl-default-over-max",
-        "unknown-tool", "scope-not-of-tool", "rate-limit-unknown-category", "bad-delegation",
-        "missing-issuer", "issuer-not-url", "trust-domain-uppercase", "tiers-on-asserted",
+        "unknown-top-key",
+        "unknown-workflow-key",
+        "ttl-wrong-type",
+        "ttl-default-over-max",
+        "unknown-tool",
+        "scope-not-of-tool",
+        "rate-limit-unknown-category",
+        "bad-delegation",
+        "missing-issuer",
+        "issuer-not-url",
+        "trust-domain-uppercase",
+        "tiers-on-asserted",
         "scope-with-space",
     ],
 )

@@ -25,17 +25,30 @@ def alice(workload: str = SUPPORT, tier: str | None = "pro", claimed: str | None
     ("pattern", "workload", "matches"),
     [
         ("spiffe://prod.example/agents/support/*", SUPPORT, True),
-        ("spiffe://prod.example/agents/support/*", "spiffe://prod.example/agents/support/a/b",
-         False),
+        (
+            "spiffe://prod.example/agents/support/*",
+            "spiffe://prod.example/agents/support/a/b",
+            False,
+        ),
         ("spiffe://prod.example/agents/**", "spiffe://prod.example/agents/support/a/b", True),
         ("spiffe://prod.example/agents/billing", "spiffe://prod.example/agents/billing2", False),
         ("spiffe://prod.example/agents/billing", "spiffe://prod.example/agents/billing", True),
         ("spiffe://prod.example/a.b", "spiffe://prod.example/aXb", False),
-        ("https://k8s.example/c1#system:serviceaccount:ns:*",
-         "https://k8s.example/c1#system:serviceaccount:ns:agent", True),
+        (
+            "https://k8s.example/c1#system:serviceaccount:ns:*",
+            "https://k8s.example/c1#system:serviceaccount:ns:agent",
+            True,
+        ),
     ],
-    ids=["one-segment", "star-not-across-slash", "double-star", "exact-no-prefix", "exact",
-         "dot-is-literal", "oidc-naming"],
+    ids=[
+        "one-segment",
+        "star-not-across-slash",
+        "double-star",
+        "exact-no-prefix",
+        "exact",
+        "dot-is-literal",
+        "oidc-naming",
+    ],
 )
 def test_workload_patterns(pattern: str, workload: str, matches: bool) -> None:
     assert bool(compile_pattern(pattern).match(workload)) is matches
@@ -69,16 +82,21 @@ def test_denial_lists_every_failed_rule(policy: Policy) -> None:
     )
     assert not d.allow and d.grants == ()
     assert [r.rule for r in d.reasons] == [
-        "workflow.agents", "delegation.user", "workflow.tiers", "workflow.tools",
-        "workflow.scopes", "ttl.max",
+        "workflow.agents",
+        "delegation.user",
+        "workflow.tiers",
+        "workflow.tools",
+        "workflow.scopes",
+        "ttl.max",
     ]
     assert "maximum of 900 seconds" in d.reasons[-1].message
 
 
 @pytest.mark.parametrize("tier", [None, "free", "Pro"], ids=["no-tier", "free", "case-differs"])
 def test_tier_must_be_listed_exactly(policy: Policy, tier: str | None) -> None:
-    d = decide(policy, policy.workflows["customer-support"], alice(tier=tier),
-               {"pricing_api": None}, None)
+    d = decide(
+        policy, policy.workflows["customer-support"], alice(tier=tier), {"pricing_api": None}, None
+    )
     assert [r.rule for r in d.reasons] == ["workflow.tiers"]
 
 
@@ -91,7 +109,8 @@ def test_workflow_without_tiers_ignores_tier(policy: Policy) -> None:
 def test_policy_version_changes_with_policy(policy: Policy) -> None:
     settings = load_settings(EXAMPLE)
     wf = settings.workflows["nightly-billing"].model_copy(update={"agents": ("spiffe://x/y",)})
-    changed = settings.model_copy(update={"workflows": {**settings.workflows,
-                                                        "nightly-billing": wf}})
+    changed = settings.model_copy(
+        update={"workflows": {**settings.workflows, "nightly-billing": wf}}
+    )
     assert policy_from_settings(changed).version != policy.version
     assert policy_from_settings(settings).version == policy.version

@@ -7,8 +7,12 @@ import pytest
 from deputy.errors import InvalidRequest
 from deputy.service.request import decode_json_body, parse_issue_request
 
-SEED = {"agent_id": "a-1", "user_id": "alice", "tools": ["customer_data_api", "ticketing_api"],
-        "ttl_seconds": 300}
+SEED = {
+    "agent_id": "a-1",
+    "user_id": "alice",
+    "tools": ["customer_data_api", "ticketing_api"],
+    "ttl_seconds": 300,
+}
 
 
 def test_seed_body_parses() -> None:
@@ -51,11 +55,29 @@ def test_tools_as_map_of_scopes() -> None:
         ({**SEED, "user_token": 12}, "`user_token` must be a non-empty string"),
     ],
     ids=[
-        "not-object", "unknown-field", "agent-missing", "agent-not-string", "agent-newline",
-        "agent-too-long", "user-not-string", "tools-missing", "tools-string", "tools-empty",
-        "tools-duplicate", "tools-bad-name", "tools-too-many", "scopes-empty", "scope-space",
-        "scope-duplicate", "ttl-zero", "ttl-negative", "ttl-huge", "ttl-float", "ttl-string",
-        "ttl-bool", "user-token-not-string",
+        "not-object",
+        "unknown-field",
+        "agent-missing",
+        "agent-not-string",
+        "agent-newline",
+        "agent-too-long",
+        "user-not-string",
+        "tools-missing",
+        "tools-string",
+        "tools-empty",
+        "tools-duplicate",
+        "tools-bad-name",
+        "tools-too-many",
+        "scopes-empty",
+        "scope-space",
+        "scope-duplicate",
+        "ttl-zero",
+        "ttl-negative",
+        "ttl-huge",
+        "ttl-float",
+        "ttl-string",
+        "ttl-bool",
+        "user-token-not-string",
     ],
 )
 def test_bad_bodies_are_invalid_requests(body: object, message: str) -> None:

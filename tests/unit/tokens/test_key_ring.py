@@ -11,8 +11,9 @@ from deputy.store.key_files import FileKeyStore
 from deputy.tokens.key_ring import KeyRing
 from deputy.tokens.mint import Attribution, Minter
 
-WHO = Attribution("alice", "spiffe://prod.example/agents/a", "inst-1", "exe_1", "wf", "dec_1",
-                  "user_token")
+WHO = Attribution(
+    "alice", "spiffe://prod.example/agents/a", "inst-1", "exe_1", "wf", "dec_1", "user_token"
+)
 
 
 def ring(tmp_path: Path, clock: FakeClock) -> KeyRing:
@@ -23,7 +24,7 @@ def ring(tmp_path: Path, clock: FakeClock) -> KeyRing:
 
 def test_first_start_creates_one_private_key_0600(tmp_path: Path) -> None:
     r = ring(tmp_path, FakeClock())
-    assert len(r.keys()) == 1
+    assert len(r.all_keys()) == 1
     files = sorted((tmp_path / "keys").iterdir())
     assert [f.name for f in files] == sorted([f"{r.active().kid}.pem", "keys.json"])
     for f in files:
@@ -63,17 +64,30 @@ def test_minted_token_is_rfc9068_and_verifies_with_jwks(tmp_path: Path) -> None:
     clock = FakeClock()
     r = ring(tmp_path, clock)
     cred = Minter(r, "https://deputy.internal").mint(
-        tool="crm", audience="https://crm.internal", scope="accounts:read",
-        category="customer-data", who=WHO, issued_at=1000, expires_at=1300,
+        tool="crm",
+        audience="https://crm.internal",
+        scope="accounts:read",
+        category="customer-data",
+        who=WHO,
+        issued_at=1000,
+        expires_at=1300,
     )
     token = jwt.decode(cred.token, KeySet.import_key_set(r.jwks()), algorithms=["ES256"])
     assert token.header == {"alg": "ES256", "typ": "at+jwt", "kid": r.active().kid}
     assert token.claims == {
-        "iss": "https://deputy.internal", "sub": "alice", "aud": "https://crm.internal",
-        "client_id": "spiffe://prod.example/agents/a", "iat": 1000, "exp": 1300,
-        "jti": cred.jti, "scope": "accounts:read",
-        "act": {"sub": "spiffe://prod.example/agents/a"}, "agent_instance": "inst-1",
-        "execution_id": "exe_1", "workflow": "wf", "decision_id": "dec_1",
+        "iss": "https://deputy.internal",
+        "sub": "alice",
+        "aud": "https://crm.internal",
+        "client_id": "spiffe://prod.example/agents/a",
+        "iat": 1000,
+        "exp": 1300,
+        "jti": cred.jti,
+        "scope": "accounts:read",
+        "act": {"sub": "spiffe://prod.example/agents/a"},
+        "agent_instance": "inst-1",
+        "execution_id": "exe_1",
+        "workflow": "wf",
+        "decision_id": "dec_1",
         "delegation": "user_token",
     }
     assert cred.token not in repr(cred)
@@ -82,8 +96,9 @@ def test_minted_token_is_rfc9068_and_verifies_with_jwks(tmp_path: Path) -> None:
 def test_jtis_are_unique(tmp_path: Path) -> None:
     minter = Minter(ring(tmp_path, FakeClock()), "https://deputy.internal")
     jtis = {
-        minter.mint(tool="t", audience="a", scope="s", category="c", who=WHO, issued_at=0,
-                    expires_at=1).jti
+        minter.mint(
+            tool="t", audience="a", scope="s", category="c", who=WHO, issued_at=0, expires_at=1
+        ).jti
         for _ in range(200)
     }
     assert len(jtis) == 200

@@ -1,0 +1,48 @@
+"""Results of successful token verifications, keyed by the token's SHA-256, until their exp."""
+
+from __future__ import annotations
+
+import hashlib
+
+from deputy.clock import Clock
+
+
+class VerifiedTokenCache:
+    """Bounded, expiring memo of verified tokens; never holds a raw token."""
+
+    def __init__(self, clock: Clock, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._clock = clock
+        self._max_entries = max_entries
+        # Insertion order is age order, so the first entry is the oldest.
+        self._entries: dict[bytes, tuple[float, object]] = {}
+
+    @staticmethod
+    def _digest(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+    def get(self, token: str) -> object | None:
+        """The verified result for ``token`` while the clock is before its expiry."""
+        digest = self._digest(token)
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        expires_at, value = entry
+        if self._clock.now() >= expires_at:
+            del self._entries[digest]
+            return None
+        return value
+
+    def put(self, token: str, value: object, expires_at: float) -> None:
+        """Remember ``value`` until ``expires_at``; the oldest entry goes when full."""
+        if self._clock.now() >= expires_at:
+            return
+        digest = self._digest(token)
+        self._entries.pop(digest, None)
+        while len(self._entries) >= self._max_entries:
+            del self._entries[next(iter(self._entries))]
+        self._entries[digest] = (expires_at, value)
+
+    def __len__(self) -> int:
+        return len(self._entries)

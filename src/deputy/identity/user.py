@@ -1,0 +1,113 @@
+"""The user an agent acts for, established from a token of a configured user issuer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from deputy.clock import Clock
+from deputy.errors import TokenRejected
+from deputy.identity.jose import (
+    ALLOWED_ASYMMETRIC_ALGS,
+    MAX_TOKEN_BYTES,
+    check_algorithms,
+    check_audience,
+    check_subject,
+    check_time,
+    check_type,
+    client_safe,
+    expiry,
+    parse_compact,
+    verify_signature,
+)
+from deputy.identity.jwks import JwksCache
+from deputy.identity.token_cache import VerifiedTokenCache
+
+# A DPoP proof (RFC 9449 §4.2) is never a user's token.
+USER_FORBIDDEN_TYPES = frozenset({"dpop+jwt", "application/dpop+jwt"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The user; ``how`` is "user_token" (verified) or "asserted" (configured delegation)."""
+
+    user_id: str
+    issuer: str
+    how: str  # "user_token" | "asserted"
+    tier: str | None = None
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class UserIssuerTrust:
+    """One identity provider whose tokens name users; ``tier_claim`` names a string claim."""
+
+    issuer: str
+    audience: str
+    keys: JwksCache
+    tier_claim: str | None = None
+    algorithms: frozenset[str] = ALLOWED_ASYMMETRIC_ALGS
+
+    def __post_init__(self) -> None:
+        if not self.issuer:
+            raise ValueError("issuer must not be empty")
+        if not self.audience:
+            raise ValueError("audience must not be empty")
+        check_algorithms(self.algorithms)
+
+
+class UserVerifier:
+    """Turns a user token into a :class:`Principal`, or raises :class:`TokenRejected`."""
+
+    def __init__(
+        self,
+        issuers: Sequence[UserIssuerTrust],
+        clock: Clock,
+        *,
+        cache: VerifiedTokenCache | None = None,
+        reject_issuers: frozenset[str] = frozenset(),
+    ) -> None:
+        self._issuers: dict[str, UserIssuerTrust] = {}
+        for trust in issuers:
+            if trust.issuer in self._issuers:
+                raise ValueError(f"issuer {trust.issuer!r} is configured twice")
+            self._issuers[trust.issuer] = trust
+        self._clock = clock
+        self._cache = cache
+        self._reject_issuers = reject_issuers
+
+    async def verify(self, token: str) -> Principal:
+        if self._cache is not None and isinstance(token, str) and len(token) <= MAX_TOKEN_BYTES:
+            hit = self._cache.get(token)
+            if isinstance(hit, Principal):
+                return hit
+        parsed = parse_compact(token)
+        check_type(parsed.header, USER_FORBIDDEN_TYPES)
+        claims = parsed.claims
+        iss = claims.get("iss")
+        if not isinstance(iss, str):
+            raise TokenRejected("token has no iss")
+        if iss in self._reject_issuers:
+            raise TokenRejected("tokens issued by Deputy are not user tokens")
+        # Exact match only: no prefix, trailing-slash or case folding (SECURITY.md).
+        trust = self._issuers.get(iss)
+        if trust is None:
+            raise TokenRejected(f"unknown issuer {client_safe(iss)}")
+        if parsed.alg not in trust.algorithms:
+            raise TokenRejected(f"algorithm {client_safe(parsed.alg, 16)} is not allowed")
+        sub = check_subject(claims)
+        check_time(claims, self._clock.now())
+        check_audience(claims, trust.audience)
+        tier = None
+        if trust.tier_claim is not None and trust.tier_claim in claims:
+            tier = claims[trust.tier_claim]
+            if not isinstance(tier, str):
+                raise TokenRejected(f"claim {trust.tier_claim!r} is not a string")
+        verify_signature(parsed, await trust.keys.key(parsed.kid), trust.algorithms)
+        expires_at = expiry(claims)
+        principal = Principal(
+            user_id=sub, issuer=iss, how="user_token", tier=tier, expires_at=expires_at
+        )
+        if self._cache is not None:
+            self._cache.put(token, principal, expires_at)
+        return principal
