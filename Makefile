@@ -28,7 +28,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -q
 
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

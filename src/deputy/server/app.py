@@ -13,45 +13,81 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from deputy.clock import Clock
 from deputy.errors import OAuthError
-from deputy.server.errors import NO_STORE, error_response
+from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error
 from deputy.server.wiring import Broker
-from deputy.service.issuance import RequestContext
+from deputy.service.issuance import IssuanceService, RequestContext
 from deputy.service.request import MAX_BODY_BYTES
 
 KEY_RELOAD_INTERVAL_SECONDS = 2.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-async def read_bounded(request: Request, limit: int) -> bytes:
+async def read_body(receive: Receive, limit: int) -> bytes:
     """Read at most ``limit + 1`` bytes so an oversized body is refused without buffering it."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
         chunks.append(chunk)
         size += len(chunk)
-        if size > limit:
-            break
-    return b"".join(chunks)
+        if size > limit or not message.get("more_body", False):
+            return b"".join(chunks)
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header is None:
+def bearer_token(value: bytes | None) -> str | None:
+    """RFC 6750 §2.1: ``Authorization: Bearer <token>``, scheme case-insensitive."""
+    if value is None:
         return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         return None
-    return token.strip()
+    return token
 
 
-def request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id")
-    if given and _REQUEST_ID.match(given):
-        return given
+def request_id(given: bytes | None) -> str:
+    """The caller's ``X-Request-ID`` when it is short and plain; a fresh one otherwise."""
+    if given is not None:
+        text = given.decode("latin-1")
+        if _REQUEST_ID.match(text):
+            return text
     return secrets.token_hex(8)
+
+
+class IssueEndpoint:
+    """``POST /issue`` as a plain ASGI app: the hot path builds no request/response objects."""
+
+    def __init__(self, service: IssuanceService, clock: Clock) -> None:
+        self._service = service
+        self._clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        authorization = given_id = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-request-id":
+                given_id = value
+        rid = request_id(given_id)
+        client = scope.get("client")
+        context = RequestContext(rid, client[0] if client else None)
+        body = await read_body(receive, MAX_BODY_BYTES)
+        try:
+            result = await self._service.issue(bearer_token(authorization), body, context)
+        except OAuthError as err:
+            status, headers, payload = render_error(err, rid)
+        else:
+            status = 200
+            headers = [*JSON_TYPE, *NO_STORE, (b"x-request-id", rid.encode())]
+            payload = json_body(result.body(self._clock.now()))
+        headers.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
 
 
 def metadata(issuer: str) -> dict[str, Any]:
@@ -69,19 +105,7 @@ def metadata(issuer: str) -> dict[str, Any]:
 
 def create_app(broker: Broker, clock: Clock) -> Starlette:
     """The broker as an ASGI app; starts and closes the broker with the app's lifespan."""
-    service = broker.service
     ready = asyncio.Event()
-
-    async def issue(request: Request) -> Response:
-        rid = request_id(request)
-        client = request.client.host if request.client else None
-        context = RequestContext(rid, client)
-        try:
-            body = await read_bounded(request, MAX_BODY_BYTES)
-            result = await service.issue(bearer_token(request), body, context)
-        except OAuthError as err:
-            return error_response(err, rid)
-        return JSONResponse(result.body(clock.now()), headers={**NO_STORE, "X-Request-ID": rid})
 
     async def jwks(request: Request) -> Response:
         return JSONResponse(broker.key_ring.jwks(), headers={"Cache-Control": "max-age=60"})
@@ -111,7 +135,7 @@ def create_app(broker: Broker, clock: Clock) -> Starlette:
             await broker.close()
 
     routes = [
-        Route("/issue", issue, methods=["POST"]),
+        Route("/issue", IssueEndpoint(broker.service, clock), methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", oauth_metadata, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+import json
+from typing import Any
 
 from deputy.errors import InvalidClient, InvalidToken, OAuthError
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+Headers = list[tuple[bytes, bytes]]
+NO_STORE: Headers = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+JSON_TYPE: Headers = [(b"content-type", b"application/json")]
 
 
 def _quote(value: str) -> str:
@@ -15,13 +18,16 @@ def _quote(value: str) -> str:
     return printable.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def error_response(err: OAuthError, request_id: str) -> JSONResponse:
+def json_body(document: Any) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def render_error(err: OAuthError, request_id: str) -> tuple[int, Headers, bytes]:
     """RFC 6749 §5.2 body; RFC 6750 §3 ``WWW-Authenticate``; ``Retry-After`` on 429/503."""
-    headers = {**NO_STORE, "X-Request-ID": request_id}
+    headers = [*JSON_TYPE, *NO_STORE, (b"x-request-id", request_id.encode())]
     if isinstance(err, InvalidToken | InvalidClient):
-        headers["WWW-Authenticate"] = (
-            f'Bearer error="{err.error}", error_description="{_quote(err.description)}"'
-        )
+        challenge = f'Bearer error="{err.error}", error_description="{_quote(err.description)}"'
+        headers.append((b"www-authenticate", challenge.encode()))
     if err.retry_after is not None:
-        headers["Retry-After"] = str(err.retry_after)
-    return JSONResponse(err.body(), status_code=err.status_code, headers=headers)
+        headers.append((b"retry-after", str(err.retry_after).encode()))
+    return err.status_code, headers, json_body(err.body())

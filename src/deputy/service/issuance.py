@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -202,29 +201,26 @@ class IssuanceService:
             )
         try:
             credentials = self._mint(trail, workflow, subject, decision)
-            await asyncio.shield(
-                self._audit.append(
-                    trail.record(
-                        status=200,
-                        credentials=tuple(
-                            IssuedCredential(
-                                c.jti, c.tool, c.audience, c.scope, c.category, c.expires_at
-                            )
-                            for c in credentials
-                        ),
-                        policy_version=decision.policy_version,
-                    )
-                )
-            )
+        except Exception:
+            self._quota.refund(day, demands)
+            raise
+        record = trail.record(
+            status=200,
+            credentials=tuple(
+                IssuedCredential(c.jti, c.tool, c.audience, c.scope, c.category, c.expires_at)
+                for c in credentials
+            ),
+            policy_version=decision.policy_version,
+        )
+        try:
+            await self._audit.append(record)
         except StoreUnavailable:
             self._quota.refund(day, demands)
             raise TemporarilyUnavailable(
                 "the audit store is unavailable; no credential was issued, retry shortly",
                 retry_after=RETRY_AFTER_UNAVAILABLE,
             ) from None
-        except BaseException:
-            self._quota.refund(day, demands)
-            raise
+        # Cancelled while committing: the record may still land, so the quota stays taken.
         return IssueResult(trail.execution_id, trail.decision_id, credentials)
 
     def _select_workflow(self, workload: Workload, name: str | None) -> Workflow:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from joserfc import jwt
+from joserfc.jws import JWSRegistry
 
-from deputy.tokens.key_ring import KeyRing
+from deputy.tokens.key_ring import KeyRing, SigningKey
 
 TOKEN_TYPE_HEADER = "at+jwt"  # noqa: S105 - RFC 9068 §2.1 media type, not a secret
 
@@ -44,12 +46,36 @@ def new_jti() -> str:
     return secrets.token_urlsafe(16)
 
 
+def b64url(data: bytes) -> bytes:
+    """RFC 7515 §2 base64url without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def compact_json(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 class Minter:
     """Signs credentials with the key ring's active key."""
 
     def __init__(self, key_ring: KeyRing, issuer: str) -> None:
         self._key_ring = key_ring
         self._issuer = issuer
+        self._headers: dict[str, bytes] = {}
+
+    def _header(self, key: SigningKey) -> bytes:
+        """The encoded protected header, the same for every token of one key."""
+        encoded = self._headers.get(key.kid)
+        if encoded is None:
+            header = {"alg": key.alg, "typ": TOKEN_TYPE_HEADER, "kid": key.kid}
+            encoded = self._headers[key.kid] = b64url(compact_json(header))
+        return encoded
+
+    def sign(self, key: SigningKey, claims: dict[str, Any]) -> str:
+        """RFC 7515 §7.1 compact serialization; the signature is joserfc's algorithm's."""
+        signing_input = self._header(key) + b"." + b64url(compact_json(claims))
+        signature = JWSRegistry.algorithms[key.alg].sign(signing_input, key.key)
+        return (signing_input + b"." + b64url(signature)).decode("ascii")
 
     def mint(
         self,
@@ -81,6 +107,5 @@ class Minter:
             "decision_id": who.decision_id,
             "delegation": who.delegation,
         }
-        header = {"alg": key.alg, "typ": TOKEN_TYPE_HEADER, "kid": key.kid}
-        token = jwt.encode(header, claims, key.key, algorithms=[key.alg])
+        token = self.sign(key, claims)
         return Credential(tool, jti, audience, scope, category, issued_at, expires_at, token)

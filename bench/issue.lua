@@ -1,0 +1,25 @@
+-- wrk script for POST /issue. Each line of $REQUESTS is "<workload token>\t<json body>";
+-- lines are sent in turn. $DELAY_MS paces each connection (for a fixed, lower rate).
+local requests = {}
+for line in io.lines(os.getenv("REQUESTS")) do
+  local token, body = line:match("^([^\t]+)\t(.+)$")
+  requests[#requests + 1] = { token = token, body = body }
+end
+local i = 0
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i + 1
+  if i > #requests then i = 1 end
+  local r = requests[i]
+  return wrk.format(nil, "/issue", { ["Authorization"] = "Bearer " .. r.token }, r.body)
+end
+if delay_ms > 0 then
+  delay = function() return delay_ms end
+end
+done = function(summary, latency, requests)
+  io.write(string.format("non2xx=%d requests=%d rps=%.1f p50_ms=%.2f p99_ms=%.2f\n",
+    summary.errors.status, summary.requests, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end

@@ -1,0 +1,193 @@
+"""Issuance benchmark: drive POST /issue over loopback with wrk, compare with the peer.
+
+Usage: python bench/issue_bench.py [--seconds 10] [--connections 16] [--no-peer] [--profile]
+Prints one line per scenario; see BENCHMARKS.md for the method and recorded figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from deputy.clock import SystemClock
+from deputy.devtools import LocalIdp, SvidSigner, TokenSigner
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER = ROOT.parent / "shared" / "bench" / "peer-oidc-provider" / "run.sh"
+LUA = Path(__file__).with_name("issue.lua")
+RESULT = re.compile(r"non2xx=(\d+) requests=(\d+) rps=([\d.]+) p50_ms=([\d.]+) p99_ms=([\d.]+)")
+UNLIMITED = 1_000_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def deployment(directory: Path) -> tuple[Path, LocalIdp, SvidSigner]:
+    """The example config with limits out of the way (quota is still taken on every call)."""
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "deputy.yaml").read_text())
+    for wf in doc["workflows"].values():
+        if "rate_limits" in wf:
+            wf["rate_limits"] = dict.fromkeys(wf["rate_limits"], UNLIMITED)
+    config = directory / "deputy.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    clock = SystemClock()
+    idp = LocalIdp(clock, "https://login.example.com", "support-portal", "plan")
+    svids = SvidSigner(clock, "prod.example")
+    idp.write_jwks(directory / "trust/login.jwks.json")
+    svids.write_jwks(directory / "trust/prod.example.jwks.json")
+    TokenSigner(clock).write_jwks(directory / "trust/k8s.jwks.json")
+    return config, idp, svids
+
+
+def request_lines(idp: LocalIdp, svids: SvidSigner, distinct: int) -> list[str]:
+    """Each line a workload token and a body: one tool, agent + user token."""
+    lines = []
+    for i in range(distinct):
+        svid = svids.jwt_svid(f"/agents/support/agent-{i}", lifetime=900)
+        body = {
+            "agent_id": f"instance-{i}",
+            "user_token": idp.user_token(f"user-{i % 50}", "pro"),
+            "tools": ["customer_data_api"],
+            "ttl_seconds": 300,
+        }
+        lines.append(f"{svid}\t{json.dumps(body)}")
+    return lines
+
+
+def wrk(
+    url: str, requests: Path, seconds: int, connections: int, delay_ms: int = 0
+) -> dict[str, float]:
+    env = {**os.environ, "REQUESTS": str(requests), "DELAY_MS": str(delay_ms)}
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(LUA), url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    m = RESULT.search(out)
+    if not m:
+        raise RuntimeError(f"unexpected wrk output: {out}")
+    non2xx, count, rps, p50, p99 = m.groups()
+    return {
+        "non2xx": int(non2xx),
+        "requests": int(count),
+        "rps": float(rps),
+        "p50_ms": float(p50),
+        "p99_ms": float(p99),
+    }
+
+
+def start_broker(config: Path, port: int, profile: Path | None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable]
+    if profile:
+        cmd += ["-m", "cProfile", "-o", str(profile)]
+    cmd += ["-m", "deputy", "serve", "--config", str(config), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    for _ in range(400):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("broker did not start")
+
+
+def show(name: str, r: dict[str, float]) -> None:
+    print(
+        f"deputy {name:<38} rps={r['rps']:8.1f} p50_ms={r['p50_ms']:6.2f} "
+        f"p99_ms={r['p99_ms']:6.2f} non2xx={r['non2xx']}",
+        flush=True,
+    )
+
+
+def peer(seconds: int, connections: int) -> dict[str, float] | None:
+    if not PEER.exists() or not shutil.which("node"):
+        print("peer: skipped (shared/bench/peer-oidc-provider or node missing)")
+        return None
+    out = subprocess.run(
+        ["bash", str(PEER), str(seconds), str(connections)], capture_output=True, text=True
+    )
+    m = RESULT.search(out.stdout)
+    if out.returncode != 0 or not m:
+        print(f"peer: failed: {out.stdout}{out.stderr}")
+        return None
+    print(out.stdout.strip(), flush=True)
+    return {"rps": float(m.group(3)), "p50_ms": float(m.group(4)), "p99_ms": float(m.group(5))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="run the broker under cProfile")
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, one broker worker, SQLite audit synchronous=FULL"
+    )
+    with tempfile.TemporaryDirectory(prefix="deputy-bench-") as tmp:
+        work = Path(tmp)
+        config, idp, svids = deployment(work)
+        warm = work / "warm.txt"
+        warm.write_text("\n".join(request_lines(idp, svids, 1)) + "\n")
+        fresh = work / "fresh.txt"
+        fresh.write_text("\n".join(request_lines(idp, svids, args.seconds * 3000)) + "\n")
+        port = free_port()
+        profile = work / "broker.prof" if args.profile else None
+        proc = start_broker(config, port, profile)
+        url = f"http://127.0.0.1:{port}"
+        results: dict[str, Any] = {}
+        try:
+            wrk(url, warm, 2, args.connections)  # warm-up
+            results["max"] = wrk(url, warm, args.seconds, args.connections)
+            show("max rate, tokens seen before", results["max"])
+            results["fresh"] = wrk(url, fresh, args.seconds, args.connections)
+            show("max rate, new tokens every request", results["fresh"])
+            half = results["max"]["rps"] / 2
+            delay = max(1, int(args.connections * 1000 / half))
+            results["half"] = wrk(url, warm, args.seconds, args.connections, delay)
+            show(f"paced at ~half max ({half:.0f}/s target)", results["half"])
+        finally:
+            proc.send_signal(2)  # SIGINT: uvicorn shuts down cleanly, cProfile writes
+            proc.wait(timeout=60)
+        if profile:
+            import pstats
+
+            pstats.Stats(str(profile)).sort_stats("tottime").print_stats(25)
+        if not args.no_peer:
+            p = peer(args.seconds, args.connections)
+            if p:
+                results["peer"] = p
+                print(
+                    f"ratio deputy/peer issuances/s: {results['max']['rps'] / p['rps']:.2f} "
+                    f"(new tokens every request: {results['fresh']['rps'] / p['rps']:.2f})"
+                )
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "issue.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
