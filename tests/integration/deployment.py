@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import yaml
 
-from deputy.clock import SystemClock
+from deputy.clock import Clock, SystemClock
 from deputy.config import Settings, load_settings
 from deputy.devtools import LocalIdp, SvidSigner, TokenSigner
 from deputy.devtools.broker_thread import BrokerThread
@@ -38,21 +37,23 @@ class Deployment:
         return self.svids.jwt_svid(path, **kw)
 
     def k8s_token(self, sub: str = ESCALATION, lifetime: int = 600) -> str:
-        now = int(time.time())
+        now = int(self.k8s.clock.now())
         return self.k8s.sign(
             {"iss": K8S_ISSUER, "sub": sub, "aud": "deputy", "iat": now, "exp": now + lifetime}
         )
 
 
 def write_deployment(
-    directory: Path, mutate: Callable[[dict[str, Any]], None] | None = None
+    directory: Path,
+    mutate: Callable[[dict[str, Any]], None] | None = None,
+    clock: Clock | None = None,
 ) -> Deployment:
     document = yaml.safe_load(EXAMPLE.read_text())
     if mutate:
         mutate(document)
     config = directory / "deputy.yaml"
     config.write_text(yaml.safe_dump(document))
-    clock = SystemClock()
+    clock = clock or SystemClock()
     idp = LocalIdp(clock, "https://login.example.com", "support-portal", "plan")
     svids = SvidSigner(clock, "prod.example")
     k8s = TokenSigner(clock)
@@ -63,9 +64,11 @@ def write_deployment(
 
 
 @contextmanager
-def running(deployment: Deployment) -> Iterator[tuple[BrokerThread, httpx.Client]]:
+def running(
+    deployment: Deployment, clock: Clock | None = None
+) -> Iterator[tuple[BrokerThread, httpx.Client]]:
     with (
-        BrokerThread(deployment.settings) as broker,
+        BrokerThread(deployment.settings, clock) as broker,
         httpx.Client(base_url=broker.url, timeout=30) as client,
     ):
         yield broker, client

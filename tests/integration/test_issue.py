@@ -329,3 +329,26 @@ def test_metadata_jwks_and_health(broker: Broker) -> None:
     assert meta["jwks_uri"] == "https://deputy.internal/.well-known/jwks.json"
     keys = client.get("/.well-known/jwks.json").json()["keys"]
     assert len(keys) == 1 and keys[0]["kty"] == "EC" and "d" not in keys[0]
+
+
+def test_issuer_keys_past_staleness_fail_closed_then_recover(tmp_path: Any) -> None:
+    import time
+
+    from deputy.clock import FakeClock
+    from tests.integration.deployment import running, write_deployment
+
+    clock = FakeClock(time.time())
+    d = write_deployment(tmp_path, clock=clock)
+    trust = tmp_path / "trust" / "login.jwks.json"
+    with running(d, clock) as (_, client):
+        assert post(client, d.svid(), alice_body(d, tools=["pricing_api"])).status_code == 200
+        saved = trust.read_text()
+        trust.unlink()  # the IdP's keys can no longer be fetched
+        clock.advance(25 * 3600)  # past the 24 h staleness bound
+        response = post(client, d.svid(), alice_body(d, tools=["pricing_api"]))
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "temporarily_unavailable"
+        assert response.headers["retry-after"] == "1"
+        trust.write_text(saved)
+        clock.advance(31)  # the next refetch is allowed
+        assert post(client, d.svid(), alice_body(d, tools=["pricing_api"])).status_code == 200

@@ -13,6 +13,8 @@ SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$"  # RFC 6749 §3.3 scope-tok
 MAX_TTL_SECONDS = 86_400
 DEFAULT_MAX_DELEGATION_DEPTH = 4
 
+_LOOPBACK_HTTP = re.compile(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
+
 Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
 Scope = Annotated[StrictStr, Field(pattern=SCOPE_PATTERN)]
 
@@ -122,6 +124,25 @@ class Settings(_Strict):
                     f"workflows.{name}.tiers: an asserted delegation has no verified tier; "
                     "remove `tiers` or use delegation: user_token"
                 )
+        problems.extend(self._insecure_key_urls())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _insecure_key_urls(self) -> list[str]:
+        """Keys fetched over the network must come over https (plain http only on loopback)."""
+        locations: list[tuple[str, str]] = []
+        for i, s in enumerate(self.agents.spiffe):
+            locations.append((f"agents.spiffe.{i}.bundle", s.bundle))
+        issuers: list[tuple[str, OidcWorkloadSettings | UserIssuerSettings]] = [
+            *((f"agents.oidc.{i}", o) for i, o in enumerate(self.agents.oidc)),
+            *((f"users.{i}", u) for i, u in enumerate(self.users)),
+        ]
+        for where, e in issuers:
+            key = "jwks" if e.jwks is not None else "issuer (OIDC discovery)"
+            locations.append((f"{where}.{key}", e.jwks or e.issuer))
+        return [
+            f"{where}: {value!r} must use https:// (http:// is allowed only on loopback)"
+            for where, value in locations
+            if value.startswith("http://") and not _LOOPBACK_HTTP.match(value)
+        ]

@@ -13,7 +13,7 @@ from joserfc.jwk import Key
 
 from deputy.clock import Clock
 from deputy.errors import TokenRejected
-from deputy.identity.errors import KeySourceError
+from deputy.identity.errors import KeySourceError, KeysUnavailable
 from deputy.identity.key_set import KeySet
 from deputy.identity.strict_json import StrictJsonError, load_object
 
@@ -192,9 +192,9 @@ class JwksCache:
 
     def _usable(self) -> KeySet:
         if self._keys is None:
-            raise TokenRejected("signing keys are unavailable")
+            raise KeysUnavailable("signing keys are unavailable")
         if self._age() > self._max_staleness:
-            raise TokenRejected("signing keys are unavailable (stale)")
+            raise KeysUnavailable("signing keys are unavailable (stale)")
         return self._keys
 
     async def _refresh(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from deputy.clock import Clock
 from deputy.errors import OAuthError
+from deputy.ids import IdSource
 from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error
 from deputy.server.wiring import Broker
 from deputy.service.issuance import IssuanceService, RequestContext
@@ -50,21 +50,22 @@ def bearer_token(value: bytes | None) -> str | None:
     return token
 
 
-def request_id(given: bytes | None) -> str:
+def request_id(given: bytes | None, ids: IdSource) -> str:
     """The caller's ``X-Request-ID`` when it is short and plain; a fresh one otherwise."""
     if given is not None:
         text = given.decode("latin-1")
         if _REQUEST_ID.match(text):
             return text
-    return secrets.token_hex(8)
+    return ids.token()
 
 
 class IssueEndpoint:
     """``POST /issue`` as a plain ASGI app: the hot path builds no request/response objects."""
 
-    def __init__(self, service: IssuanceService, clock: Clock) -> None:
+    def __init__(self, service: IssuanceService, clock: Clock, ids: IdSource) -> None:
         self._service = service
         self._clock = clock
+        self._ids = ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         authorization = given_id = None
@@ -73,7 +74,7 @@ class IssueEndpoint:
                 authorization = value
             elif name == b"x-request-id":
                 given_id = value
-        rid = request_id(given_id)
+        rid = request_id(given_id, self._ids)
         client = scope.get("client")
         context = RequestContext(rid, client[0] if client else None)
         body = await read_body(receive, MAX_BODY_BYTES)
@@ -135,7 +136,7 @@ def create_app(broker: Broker, clock: Clock) -> Starlette:
             await broker.close()
 
     routes = [
-        Route("/issue", IssueEndpoint(broker.service, clock), methods=["POST"]),
+        Route("/issue", IssueEndpoint(broker.service, clock, broker.ids), methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", oauth_metadata, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

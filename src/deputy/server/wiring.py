@@ -24,6 +24,7 @@ from deputy.identity import (
     WorkloadVerifier,
 )
 from deputy.identity.jwks import KeySource
+from deputy.ids import IdSource
 from deputy.policy.model import Policy, policy_from_settings
 from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore
 from deputy.service.issuance import IssuanceService
@@ -46,6 +47,7 @@ class Broker:
     audit: AuditLog
     caches: tuple[JwksCache, ...]
     http: httpx.AsyncClient
+    ids: IdSource
 
     async def start(self) -> None:
         """Prime every configured key set so the first requests need no fetch."""
@@ -97,6 +99,7 @@ def build_broker(settings: Settings, clock: Clock) -> Broker:
     audit = open_audit_log(settings.data_dir)
     key_ring = open_key_ring(settings, clock)
     policy = policy_from_settings(settings)
+    ids = IdSource(clock)
     quota = MemoryQuotaStore(lambda day: audit.issued_counts(day * SECONDS_PER_DAY))
     service = IssuanceService(
         policy=policy,
@@ -105,8 +108,9 @@ def build_broker(settings: Settings, clock: Clock) -> Broker:
         ),
         users=UserVerifier(users, clock, cache=VerifiedTokenCache(clock), reject_issuers=own),
         quota=quota,
-        minter=Minter(key_ring, settings.issuer),
+        minter=Minter(key_ring, settings.issuer, ids),
         audit=audit,
         clock=clock,
+        ids=ids,
     )
-    return Broker(settings, policy, service, key_ring, audit, tuple(caches), http)
+    return Broker(settings, policy, service, key_ring, audit, tuple(caches), http, ids)

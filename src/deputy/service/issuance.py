@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +19,10 @@ from deputy.errors import (
     TemporarilyUnavailable,
     TokenRejected,
 )
+from deputy.identity.errors import KeysUnavailable
 from deputy.identity.user import Principal, UserVerifier
 from deputy.identity.workload import Workload, WorkloadVerifier
+from deputy.ids import IdSource
 from deputy.policy.engine import Decision, Grant, Subject, decide
 from deputy.policy.model import Policy, Workflow
 from deputy.policy.quota import QuotaDemand, QuotaStore, seconds_until_next_day, utc_day
@@ -118,10 +119,6 @@ class _Trail:
         )
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_urlsafe(12)}"
-
-
 class IssuanceService:
     """The single path from a verified request to audited credentials."""
 
@@ -135,6 +132,7 @@ class IssuanceService:
         minter: Minter,
         audit: AuditLog,
         clock: Clock,
+        ids: IdSource,
     ) -> None:
         self._policy = policy
         self._workloads = workloads
@@ -143,6 +141,7 @@ class IssuanceService:
         self._minter = minter
         self._audit = audit
         self._clock = clock
+        self._ids = ids
 
     @property
     def policy(self) -> Policy:
@@ -150,7 +149,9 @@ class IssuanceService:
 
     async def issue(self, bearer: str | None, body: bytes, context: RequestContext) -> IssueResult:
         """Run one issuance; every outcome, allowed or denied, is audited before returning."""
-        trail = _Trail(new_id("dec"), new_id("exe"), self._clock.now(), context)
+        trail = _Trail(
+            self._ids.prefixed("dec"), self._ids.prefixed("exe"), self._clock.now(), context
+        )
         try:
             return await self._issue(trail, bearer, body)
         except OAuthError as err:
@@ -175,6 +176,8 @@ class IssuanceService:
             raise InvalidToken("an agent workload token is required as a Bearer token")
         try:
             trail.workload = await self._workloads.verify(bearer)
+        except KeysUnavailable:
+            raise _keys_unavailable() from None
         except TokenRejected as err:
             raise InvalidToken(f"workload token rejected: {err.reason}") from None
         request = trail.request = parse_issue_request(decode_json_body(body))
@@ -273,6 +276,8 @@ class IssuanceService:
             )
         try:
             principal = trail.principal = await self._users.verify(request.user_token)
+        except KeysUnavailable:
+            raise _keys_unavailable() from None
         except TokenRejected as err:
             raise InvalidRequest(f"user_token rejected: {err.reason}") from None
         return Subject(
@@ -325,6 +330,13 @@ class IssuanceService:
             issued_at=issued_at,
             expires_at=expires_at,
         )
+
+
+def _keys_unavailable() -> TemporarilyUnavailable:
+    return TemporarilyUnavailable(
+        "the keys of a trusted issuer cannot be fetched; retry shortly",
+        retry_after=RETRY_AFTER_UNAVAILABLE,
+    )
 
 
 def _quota_reasons(over: tuple[QuotaDemand, ...]) -> tuple[Reason, ...]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from joserfc.jws import JWSRegistry
 
+from deputy.ids import IdSource
 from deputy.tokens.key_ring import KeyRing, SigningKey
 
 TOKEN_TYPE_HEADER = "at+jwt"  # noqa: S105 - RFC 9068 §2.1 media type, not a secret
@@ -42,10 +42,6 @@ class Attribution:
     delegation: str
 
 
-def new_jti() -> str:
-    return secrets.token_urlsafe(16)
-
-
 def b64url(data: bytes) -> bytes:
     """RFC 7515 §2 base64url without padding."""
     return base64.urlsafe_b64encode(data).rstrip(b"=")
@@ -58,8 +54,9 @@ def compact_json(document: dict[str, Any]) -> bytes:
 class Minter:
     """Signs credentials with the key ring's active key."""
 
-    def __init__(self, key_ring: KeyRing, issuer: str) -> None:
+    def __init__(self, key_ring: KeyRing, issuer: str, ids: IdSource) -> None:
         self._key_ring = key_ring
+        self._ids = ids
         self._issuer = issuer
         self._headers: dict[str, bytes] = {}
 
@@ -90,7 +87,7 @@ class Minter:
     ) -> Credential:
         """RFC 9068 §2.2 claims plus RFC 8693 §4.1 ``act`` naming the agent workload."""
         key = self._key_ring.active()
-        jti = new_jti()
+        jti = self._ids.token()
         claims: dict[str, Any] = {
             "iss": self._issuer,
             "sub": who.user_id,

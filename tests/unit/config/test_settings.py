@@ -96,6 +96,18 @@ def test_urls_are_not_resolved_as_paths(tmp_path: Path) -> None:
             lambda d: d["tools"]["pricing_api"].update(scopes=["rates read"]),
             "tools.pricing_api.scopes.0",
         ),
+        (
+            lambda d: d["users"][0].update(jwks="http://login.example.com/jwks"),
+            "users.0.jwks: 'http://login.example.com/jwks' must use https://",
+        ),
+        (
+            lambda d: d["agents"]["oidc"][0].update(jwks=None, issuer="http://k8s.example"),
+            "agents.oidc.0.issuer (OIDC discovery): 'http://k8s.example' must use https://",
+        ),
+        (
+            lambda d: d["agents"]["spiffe"][0].update(bundle="http://127.0.0.1.evil.example/b"),
+            "agents.spiffe.0.bundle",
+        ),
     ],
     ids=[
         "unknown-top-key",
@@ -111,6 +123,9 @@ def test_urls_are_not_resolved_as_paths(tmp_path: Path) -> None:
         "trust-domain-uppercase",
         "tiers-on-asserted",
         "scope-with-space",
+        "plain-http-jwks",
+        "plain-http-discovery",
+        "loopback-lookalike",
     ],
 )
 def test_invalid_config_names_the_key(mutate, expected: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from deputy.clock import FakeClock
+from deputy.ids import IdSource
 from deputy.store.key_files import FileKeyStore
 from deputy.tokens.key_ring import KeyRing
 from deputy.tokens.mint import Attribution, Minter
@@ -63,7 +64,7 @@ def test_running_ring_picks_up_rotation_by_another_process(tmp_path: Path) -> No
 def test_minted_token_is_rfc9068_and_verifies_with_jwks(tmp_path: Path) -> None:
     clock = FakeClock()
     r = ring(tmp_path, clock)
-    cred = Minter(r, "https://deputy.internal").mint(
+    cred = Minter(r, "https://deputy.internal", IdSource(FakeClock())).mint(
         tool="crm",
         audience="https://crm.internal",
         scope="accounts:read",
@@ -94,7 +95,7 @@ def test_minted_token_is_rfc9068_and_verifies_with_jwks(tmp_path: Path) -> None:
 
 
 def test_jtis_are_unique(tmp_path: Path) -> None:
-    minter = Minter(ring(tmp_path, FakeClock()), "https://deputy.internal")
+    minter = Minter(ring(tmp_path, FakeClock()), "https://deputy.internal", IdSource(FakeClock()))
     jtis = {
         minter.mint(
             tool="t", audience="a", scope="s", category="c", who=WHO, issued_at=0, expires_at=1

@@ -32,6 +32,7 @@ from deputy.store.sqlite.audit_tables import (
     WRITE_HEAD,
     RowChecker,
     head_from_row,
+    insert_rows,
     select_records,
 )
 
@@ -182,7 +183,11 @@ class SqliteAuditLog:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            self._path,
+            timeout=self._timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=512,
         )
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -297,8 +302,12 @@ class SqliteAuditLog:
                     for c in record.credentials
                 )
             if records:
-                conn.executemany(INSERT_RECORD, records)
-                conn.executemany(INSERT_CREDENTIAL, credentials)
+                # One statement per table and batch: every step releases and retakes the GIL.
+                conn.execute(insert_rows(INSERT_RECORD, len(records)), _flat(records))
+                if credentials:
+                    conn.execute(
+                        insert_rows(INSERT_CREDENTIAL, len(credentials)), _flat(credentials)
+                    )
                 head = ChainHead.sign(self._head_key, seq, prev_hash)
                 conn.execute(WRITE_HEAD, (head.seq, head.hash, head.mac))
             conn.execute("COMMIT")
@@ -333,6 +342,10 @@ class SqliteAuditLog:
                 loop.call_soon_threadsafe(_resolve, settlements)
             except RuntimeError:
                 _log.warning("audit append finished after its event loop closed")
+
+
+def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
 
 
 def _resolve(settlements: list[_Settlement]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -32,12 +33,21 @@ SCHEMA = (
 
 INSERT_RECORD = (
     "INSERT INTO records (seq, decision_id, time, outcome, execution_id, agent_instance,"
-    " workload_id, user_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " workload_id, user_id, body, prev_hash, hash) VALUES "
 )
 INSERT_CREDENTIAL = (
-    "INSERT INTO credentials (jti, seq, user_id, category, tool, expires_at, issued_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO credentials (jti, seq, user_id, category, tool, expires_at, issued_at) VALUES "
 )
+_COLUMNS = {INSERT_RECORD: 11, INSERT_CREDENTIAL: 7}
+
+
+@functools.lru_cache(maxsize=1024)
+def insert_rows(prefix: str, rows: int) -> str:
+    """A multi-row INSERT for ``rows`` rows of the table ``prefix`` inserts into."""
+    row = "(" + ", ".join("?" * _COLUMNS[prefix]) + ")"
+    return prefix + ", ".join([row] * rows)
+
+
 WRITE_HEAD = (
     "INSERT INTO chain_head (id, seq, hash, mac) VALUES (1, ?, ?, ?)"
     " ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac"
