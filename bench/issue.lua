@@ -16,7 +16,8 @@ request = function()
   return wrk.format(nil, "/issue", { ["Authorization"] = "Bearer " .. r.token }, r.body)
 end
 if delay_ms > 0 then
-  delay = function() return delay_ms end
+  -- jittered pacing, so that connections do not fire in lockstep bursts
+  delay = function() return math.random(math.floor(delay_ms / 2), math.floor(delay_ms * 3 / 2)) end
 end
 done = function(summary, latency, requests)
   io.write(string.format("non2xx=%d requests=%d rps=%.1f p50_ms=%.2f p99_ms=%.2f\n",

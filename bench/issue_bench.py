@@ -96,6 +96,18 @@ def wrk(
     }
 
 
+PACED_CONNECTIONS = 8
+
+
+def paced(url: str, requests: Path, seconds: int, target: float) -> dict[str, float]:
+    """Run at about ``target`` requests/s: calibrate the per-connection delay, then measure."""
+    delay = PACED_CONNECTIONS * 1000 / target
+    for _ in range(3):
+        probe = wrk(url, requests, 2, PACED_CONNECTIONS, max(2, round(delay)))
+        delay = max(2.0, delay * probe["rps"] / target)
+    return wrk(url, requests, seconds, PACED_CONNECTIONS, max(2, round(delay)))
+
+
 def start_broker(config: Path, port: int, profile: Path | None) -> subprocess.Popen[bytes]:
     cmd = [sys.executable]
     if profile:
@@ -165,9 +177,8 @@ def main() -> int:
             results["fresh"] = wrk(url, fresh, args.seconds, args.connections)
             show("max rate, new tokens every request", results["fresh"])
             half = results["max"]["rps"] / 2
-            delay = max(1, int(args.connections * 1000 / half))
-            results["half"] = wrk(url, warm, args.seconds, args.connections, delay)
-            show(f"paced at ~half max ({half:.0f}/s target)", results["half"])
+            results["half"] = paced(url, warm, args.seconds, half)
+            show(f"paced at half max ({half:.0f}/s target)", results["half"])
         finally:
             proc.send_signal(2)  # SIGINT: uvicorn shuts down cleanly, cProfile writes
             proc.wait(timeout=60)

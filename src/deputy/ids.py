@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 
@@ -15,7 +14,7 @@ RANDOM_BYTES = 10  # 80 bits: unguessable, and unique within a millisecond
 class IdSource:
     """Identifiers made of a millisecond timestamp and 80 random bits, like UUIDv7 (RFC 9562).
 
-    The base32hex text sorts in creation order, so audit indexes on these ids grow at their
+    The hex text sorts in creation order, so audit indexes on these ids grow at their
     right edge instead of dirtying a random page per insert. Random bytes come from the OS
     CSPRNG, read a block at a time to spare a syscall per id. Identifiers are not secrets;
     they must only be unique and unguessable.
@@ -37,10 +36,9 @@ class IdSource:
             return self._block[start : self._offset]
 
     def token(self) -> str:
-        """26 characters of ``[0-9a-v]``: 48-bit milliseconds then 80 random bits."""
+        """32 hex digits: 48-bit milliseconds then 80 random bits."""
         millis = int(self._clock.now() * 1000)
-        raw = millis.to_bytes(6, "big") + self._random(RANDOM_BYTES)
-        return base64.b32hexencode(raw).decode("ascii").rstrip("=").lower()
+        return millis.to_bytes(6, "big").hex() + self._random(RANDOM_BYTES).hex()
 
     def prefixed(self, prefix: str) -> str:
         return f"{prefix}_{self.token()}"

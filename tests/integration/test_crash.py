@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from deputy.audit.log import AuditFilter
-from deputy.store.sqlite import open_audit_log
+from deputy.store.sqlite.audit_reader import open_audit_reader
 from tests.integration.deployment import Deployment, write_deployment
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -55,6 +56,22 @@ def start(d: Deployment, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"broker did not start: {log.read_text()}")
 
 
+def wait_for_writer_exit(d: Deployment) -> None:
+    """The broker's audit writer finishes what it was sent once its parent is gone."""
+    marker = str(d.settings.data_dir).encode()
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        alive = False
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
+                    alive = True
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the audit writer did not exit after its broker was killed")
+
+
 def test_sigkill_under_load_loses_no_record(tmp_path: Path) -> None:
     d = write_deployment(tmp_path)
     port = free_port()
@@ -90,16 +107,14 @@ def test_sigkill_under_load_loses_no_record(tmp_path: Path) -> None:
     proc.wait()
     for t in threads:
         t.join(timeout=30)
+    wait_for_writer_exit(d)
 
     import jwt as pyjwt
 
     jtis = {pyjwt.decode(t, options={"verify_signature": False})["jti"] for t in received}
-    log = open_audit_log(d.settings.data_dir)
-    try:
-        missing = [j for j in jtis if not list(log.query(AuditFilter(jti=j, limit=1)))]
-        report = log.verify()
-    finally:
-        log.close()
+    log = open_audit_reader(d.settings.data_dir)
+    missing = [j for j in jtis if not list(log.query(AuditFilter(jti=j, limit=1)))]
+    report = log.verify()
     assert missing == []
     assert report.ok, report.problem
     assert report.records >= len(jtis) // 2
@@ -112,9 +127,5 @@ def test_sigkill_under_load_loses_no_record(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    log = open_audit_log(d.settings.data_dir)
-    try:
-        after = log.verify()
-    finally:
-        log.close()
+    after = log.verify()
     assert after.ok and after.records == report.records + 1

@@ -32,12 +32,8 @@ class ChainReport:
     problem: str | None = None
 
 
-class AuditLog(Protocol):
-    """Append-only, hash-chained decision log."""
-
-    async def append(self, record: DecisionRecord) -> None:
-        """Return once the record is durably committed; raise ``StoreUnavailable`` if not."""
-        ...
+class AuditReader(Protocol):
+    """Queries over the decision log."""
 
     def issued_counts(self, since: float) -> dict[tuple[str, str], int]:
         """Credentials issued since ``since`` per (user id, tool category), for quota seeding."""
@@ -47,4 +43,14 @@ class AuditLog(Protocol):
 
     def verify(self) -> ChainReport: ...
 
-    def close(self) -> None: ...
+
+class AuditLog(AuditReader, Protocol):
+    """Append-only, hash-chained decision log."""
+
+    async def append(self, record: DecisionRecord) -> None:
+        """Return once the record is durably committed; raise ``StoreUnavailable`` if not."""
+        ...
+
+    async def aclose(self) -> None:
+        """Commit what was appended, then release the store."""
+        ...

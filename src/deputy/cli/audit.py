@@ -12,7 +12,7 @@ import typer
 
 from deputy.audit.log import AuditFilter
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
-from deputy.store.sqlite import open_audit_log
+from deputy.store.sqlite.audit_reader import open_audit_reader
 
 app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 
@@ -44,11 +44,7 @@ def parse_since(value: str, now: float) -> float:
 def verify(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Check the hash chain; name the first bad record. Exit 1 if the chain is broken."""
     settings = load_or_exit(config)
-    log = open_audit_log(settings.data_dir)
-    try:
-        report = log.verify()
-    finally:
-        log.close()
+    report = open_audit_reader(settings.data_dir).verify()
     if report.ok:
         typer.echo(f"audit chain ok: {report.records} records")
         return
@@ -99,12 +95,8 @@ def query(
         since=parse_since(since, time.time()) if since else None,
         limit=limit,
     )
-    log = open_audit_log(settings.data_dir)
-    try:
-        for stored in log.query(audit_filter):
-            if as_json:
-                typer.echo(json.dumps({**stored.record, "seq": stored.seq, "hash": stored.hash}))
-            else:
-                typer.echo(f"#{stored.seq} {_line(stored.record)}")
-    finally:
-        log.close()
+    for stored in open_audit_reader(settings.data_dir).query(audit_filter):
+        if as_json:
+            typer.echo(json.dumps({**stored.record, "seq": stored.seq, "hash": stored.hash}))
+        else:
+            typer.echo(f"#{stored.seq} {_line(stored.record)}")

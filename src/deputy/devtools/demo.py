@@ -18,6 +18,7 @@ from deputy.clock import SystemClock
 from deputy.config import load_settings
 from deputy.devtools.broker_thread import BrokerThread
 from deputy.devtools.signer import LocalIdp, SvidSigner, TokenSigner
+from deputy.store.sqlite.audit_reader import open_audit_reader
 
 MARKER = ".deputy-demo"
 SUPPORT_AGENT = "/agents/support/triage"
@@ -189,13 +190,7 @@ def run_demo(directory: Path) -> int:
         print(f"agent instance triage-7f9c: {len(decisions)} decisions, {denied} denied")
 
     _section("5. audit verify")
-    from deputy.store.sqlite import open_audit_log
-
-    log = open_audit_log(settings.data_dir)
-    try:
-        report = log.verify()
-    finally:
-        log.close()
+    report = open_audit_reader(settings.data_dir).verify()
     print(
         f"chain {'ok' if report.ok else 'BROKEN'}: {report.records} records"
         + ("" if report.ok else f", first bad record {report.first_bad_seq}: {report.problem}")

@@ -45,11 +45,11 @@ class Workflow:
     rate_limits: Mapping[str, int] = field(default_factory=dict)
 
     @cached_property
-    def _patterns(self) -> tuple[re.Pattern[str], ...]:
-        return tuple(compile_pattern(p) for p in self.agents)
+    def _pattern(self) -> re.Pattern[str]:
+        return re.compile("|".join(f"(?:{compile_pattern(p).pattern})" for p in self.agents))
 
     def admits(self, workload_id: str) -> bool:
-        return any(p.match(workload_id) for p in self._patterns)
+        return self._pattern.match(workload_id) is not None
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,9 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
 from deputy.clock import Clock
@@ -104,8 +103,12 @@ def metadata(issuer: str) -> dict[str, Any]:
     }
 
 
-def create_app(broker: Broker, clock: Clock) -> Starlette:
-    """The broker as an ASGI app; starts and closes the broker with the app's lifespan."""
+def create_app(broker: Broker, clock: Clock) -> Router:
+    """The broker as an ASGI app; starts and closes the broker with the app's lifespan.
+
+    A bare Starlette ``Router``: no middleware sits on the issuance path, and an unhandled
+    exception becomes uvicorn's plain 500 (bad input never gets there: it is a 4xx).
+    """
     ready = asyncio.Event()
 
     async def jwks(request: Request) -> Response:
@@ -125,7 +128,7 @@ def create_app(broker: Broker, clock: Clock) -> Starlette:
             broker.key_ring.refresh()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: object) -> AsyncIterator[None]:
         await broker.start()
         reloader = asyncio.create_task(reload_keys())
         ready.set()
@@ -141,4 +144,4 @@ def create_app(broker: Broker, clock: Clock) -> Starlette:
         Route("/.well-known/oauth-authorization-server", oauth_metadata, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Router(routes=routes, lifespan=lifespan)

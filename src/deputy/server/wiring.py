@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 
-from deputy.audit.log import AuditLog
 from deputy.clock import Clock
 from deputy.config.loader import is_url
 from deputy.config.settings import Settings
@@ -29,7 +28,8 @@ from deputy.policy.model import Policy, policy_from_settings
 from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore
 from deputy.service.issuance import IssuanceService
 from deputy.store.key_files import FileKeyStore
-from deputy.store.sqlite import open_audit_log
+from deputy.store.sqlite.audit_process import ProcessAuditLog
+from deputy.store.sqlite.audit_reader import open_audit_reader
 from deputy.tokens.key_ring import KeyRing
 from deputy.tokens.mint import Minter
 
@@ -44,7 +44,7 @@ class Broker:
     policy: Policy
     service: IssuanceService
     key_ring: KeyRing
-    audit: AuditLog
+    audit: ProcessAuditLog
     caches: tuple[JwksCache, ...]
     http: httpx.AsyncClient
     ids: IdSource
@@ -53,10 +53,11 @@ class Broker:
         """Prime every configured key set so the first requests need no fetch."""
         for cache in self.caches:
             await cache.load()
+        await self.audit.start()
 
     async def close(self) -> None:
         await self.http.aclose()
-        self.audit.close()
+        await self.audit.aclose()
 
 
 def _source(location: str | None, issuer: str, http: httpx.AsyncClient) -> KeySource:
@@ -96,7 +97,7 @@ def build_broker(settings: Settings, clock: Clock) -> Broker:
         for u in settings.users
     ]
     own = frozenset({settings.issuer})
-    audit = open_audit_log(settings.data_dir)
+    audit = ProcessAuditLog(settings.data_dir, open_audit_reader(settings.data_dir))
     key_ring = open_key_ring(settings, clock)
     policy = policy_from_settings(settings)
     ids = IdSource(clock)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from joserfc.jws import JWSRegistry
-
 from deputy.ids import IdSource
 from deputy.tokens.key_ring import KeyRing, SigningKey
+from deputy.tokens.signer import signer_for
 
 TOKEN_TYPE_HEADER = "at+jwt"  # noqa: S105 - RFC 9068 §2.1 media type, not a secret
 
@@ -58,21 +58,22 @@ class Minter:
         self._key_ring = key_ring
         self._ids = ids
         self._issuer = issuer
-        self._headers: dict[str, bytes] = {}
+        self._prepared: dict[str, tuple[bytes, Callable[[bytes], bytes]]] = {}
 
-    def _header(self, key: SigningKey) -> bytes:
-        """The encoded protected header, the same for every token of one key."""
-        encoded = self._headers.get(key.kid)
-        if encoded is None:
+    def _prepare(self, key: SigningKey) -> tuple[bytes, Callable[[bytes], bytes]]:
+        """The encoded protected header and the signer, made once per key."""
+        prepared = self._prepared.get(key.kid)
+        if prepared is None:
             header = {"alg": key.alg, "typ": TOKEN_TYPE_HEADER, "kid": key.kid}
-            encoded = self._headers[key.kid] = b64url(compact_json(header))
-        return encoded
+            prepared = (b64url(compact_json(header)), signer_for(key.alg, key.key))
+            self._prepared[key.kid] = prepared
+        return prepared
 
     def sign(self, key: SigningKey, claims: dict[str, Any]) -> str:
-        """RFC 7515 §7.1 compact serialization; the signature is joserfc's algorithm's."""
-        signing_input = self._header(key) + b"." + b64url(compact_json(claims))
-        signature = JWSRegistry.algorithms[key.alg].sign(signing_input, key.key)
-        return (signing_input + b"." + b64url(signature)).decode("ascii")
+        """RFC 7515 §7.1 compact serialization."""
+        header, signer = self._prepare(key)
+        signing_input = header + b"." + b64url(compact_json(claims))
+        return (signing_input + b"." + b64url(signer(signing_input))).decode("ascii")
 
     def mint(
         self,

@@ -3,44 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import queue
-import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from deputy.audit.chain import GENESIS_HASH, ChainHead, ChainVerifier, link_hash, record_body
+from deputy.audit.chain import GENESIS_HASH, ChainHead, link_hash, record_body
 from deputy.audit.log import AuditFilter, ChainReport
 from deputy.audit.record import DecisionRecord, StoredRecord
 from deputy.clock import Clock, SystemClock
-from deputy.errors import ConfigError, StoreUnavailable
+from deputy.errors import StoreUnavailable
+from deputy.store.sqlite.audit_reader import DB_FILE, UNAVAILABLE, SqliteAuditReader, open_head_key
 from deputy.store.sqlite.audit_tables import (
-    CREDENTIAL_ROWS_SQL,
     INSERT_CREDENTIAL,
     INSERT_RECORD,
     READ_HEAD,
-    RECORD_ROWS_SQL,
     SCHEMA,
     SCHEMA_VERSION,
     WRITE_HEAD,
-    RowChecker,
     head_from_row,
     insert_rows,
-    select_records,
 )
 
-KEY_BYTES = 32
 MIN_KEY_BYTES = 16
-DB_FILE = "audit.db"
-KEY_FILE = "audit.key"
-_UNAVAILABLE = "audit store unavailable"
+_UNAVAILABLE = UNAVAILABLE
 
 _log = logging.getLogger(__name__)
 
@@ -81,6 +71,7 @@ class SqliteAuditLog:
         self._commits = 0
         self._conn: sqlite3.Connection | None = None
         self._init_schema()
+        self.reader = SqliteAuditReader(path, head_key, busy_timeout_ms=busy_timeout_ms)
         self._thread = threading.Thread(target=self._serve, name="deputy-audit-writer", daemon=True)
         self._thread.start()
 
@@ -117,6 +108,9 @@ class SqliteAuditLog:
                 leftovers.append(item)
         self._settle(leftovers, [StoreUnavailable(_UNAVAILABLE) for _ in leftovers])
 
+    async def aclose(self) -> None:
+        self.close()
+
     def __enter__(self) -> SqliteAuditLog:
         return self
 
@@ -129,57 +123,13 @@ class SqliteAuditLog:
         self.close()
 
     def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]:
-        """Records matching the filter, in seq order."""
-        sql, params = select_records(audit_filter)
-        with closing(self._reader()) as conn:
-            try:
-                for seq, body, prev_hash, hash_ in conn.execute(sql, params):
-                    yield StoredRecord(
-                        seq=seq, record=json.loads(body), prev_hash=prev_hash, hash=hash_
-                    )
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(_UNAVAILABLE) from exc
+        return self.reader.query(audit_filter)
 
     def verify(self) -> ChainReport:
-        """Stream every record in seq order from one snapshot and check the chain and head."""
-        with closing(self._reader()) as conn:
-            conn.text_factory = bytes
-            try:
-                conn.execute("BEGIN")
-                head_row = conn.execute(READ_HEAD).fetchone()
-                verifier = ChainVerifier(self._head_key)
-                checker = RowChecker(verifier, conn.execute(CREDENTIAL_ROWS_SQL))
-                for row in conn.execute(RECORD_ROWS_SQL):
-                    if not checker.check(row):
-                        break
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(_UNAVAILABLE) from exc
-        head = head_from_row(head_row)
-        if verifier.finish(head).ok:
-            # A cut tail also orphans credential rows; the head names that problem better.
-            checker.finish()
-        return verifier.finish(head)
+        return self.reader.verify()
 
     def issued_counts(self, since: float) -> dict[tuple[str, str], int]:
-        """Credentials issued since ``since`` per (user id, tool category), for quota seeding."""
-        sql = (
-            "SELECT user_id, category, COUNT(*) FROM credentials WHERE issued_at >= ?"
-            " AND user_id IS NOT NULL AND category IS NOT NULL GROUP BY user_id, category"
-        )
-        with closing(self._reader()) as conn:
-            try:
-                rows = conn.execute(sql, (since,)).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(_UNAVAILABLE) from exc
-        return {(user, category): count for user, category, count in rows}
-
-    def _reader(self) -> sqlite3.Connection:
-        uri = self._path.resolve().as_uri() + "?mode=ro"
-        try:
-            return sqlite3.connect(uri, uri=True, timeout=self._timeout, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(_UNAVAILABLE) from exc
+        return self.reader.issued_counts(since)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -362,22 +312,5 @@ def open_audit_log(
     data_dir: Path, *, clock: Clock | None = None, busy_timeout_ms: int = 2000
 ) -> SqliteAuditLog:
     """Open (or create) the audit log in ``data_dir`` with its head key beside it."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = _load_or_create_key(data_dir / KEY_FILE)
+    key = open_head_key(data_dir)
     return SqliteAuditLog(data_dir / DB_FILE, key, clock=clock, busy_timeout_ms=busy_timeout_ms)
-
-
-def _load_or_create_key(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(KEY_BYTES))
-            handle.flush()
-            os.fsync(handle.fileno())
-    key = path.read_bytes()
-    if len(key) != KEY_BYTES:
-        raise ConfigError(f"{path} must hold exactly {KEY_BYTES} bytes; restore it from backup")
-    return key

@@ -1,0 +1,195 @@
+"""Group commit in a child process, so SQLite work never competes with requests for the GIL.
+
+The broker sends each event-loop turn's records as one frame to a child process that owns
+the writer (:class:`SqliteAuditLog`); the child answers each frame, once its records are
+committed, with one status byte per record. A record counts as committed only on that
+answer. If the child dies, every unanswered record fails with ``StoreUnavailable`` and the
+next append starts a new child: no restart of the broker is needed.
+
+Frames, both ways: ``frame id (u32) | length (u32) | payload``. Requests carry a pickle of
+the records (the child trusts only its parent, over its own pipes); answers carry a status
+byte per record: 0 committed, 1 not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from deputy.audit.log import AuditFilter, ChainReport
+from deputy.audit.record import DecisionRecord, StoredRecord
+from deputy.errors import StoreUnavailable
+from deputy.store.sqlite.audit_reader import UNAVAILABLE, SqliteAuditReader
+
+FRAME = struct.Struct(">II")
+COMMITTED, FAILED = 0, 1
+CHILD_START_TIMEOUT_SECONDS = 30.0
+
+_log = logging.getLogger(__name__)
+
+
+class ProcessAuditLog:
+    """The :class:`~deputy.audit.log.AuditLog` of a broker: writes in a child, reads here."""
+
+    def __init__(self, data_dir: Path, reader: SqliteAuditReader) -> None:
+        self._data_dir = data_dir
+        self.reader = reader
+        self._child: asyncio.subprocess.Process | None = None
+        self._answers: asyncio.Task[None] | None = None
+        self._spawning = asyncio.Lock()
+        self._pending: list[tuple[DecisionRecord, asyncio.Future[None]]] = []
+        self._in_flight: dict[int, list[asyncio.Future[None]]] = {}
+        self._next_frame = 0
+        self._closed = False
+
+    async def append(self, record: DecisionRecord) -> None:
+        if self._closed:
+            raise StoreUnavailable(UNAVAILABLE)
+        if self._child is None:
+            await self._spawn()
+        future = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._pending.append((record, future))
+        await future
+
+    async def start(self) -> None:
+        """Start the writer now rather than on the first append."""
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        async with self._spawning:
+            if self._child is not None:
+                return
+            try:
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    __name__,
+                    str(self._data_dir),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                assert child.stdout is not None
+                ready = await asyncio.wait_for(
+                    child.stdout.readexactly(1), CHILD_START_TIMEOUT_SECONDS
+                )
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                _log.warning("audit writer did not start: %s", exc)
+                raise StoreUnavailable(UNAVAILABLE) from exc
+            if ready != b"\x00":
+                raise StoreUnavailable(UNAVAILABLE)
+            self._child = child
+            self._answers = asyncio.create_task(self._read_answers(child))
+
+    def _send(self) -> None:
+        batch, self._pending = self._pending, []
+        child = self._child
+        if child is None or child.stdin is None or child.stdin.is_closing():
+            _fail([f for _, f in batch])
+            return
+        self._next_frame = (self._next_frame + 1) & 0xFFFFFFFF
+        payload = pickle.dumps([r for r, _ in batch], protocol=pickle.HIGHEST_PROTOCOL)
+        self._in_flight[self._next_frame] = [f for _, f in batch]
+        child.stdin.write(FRAME.pack(self._next_frame, len(payload)) + payload)
+
+    async def _read_answers(self, child: asyncio.subprocess.Process) -> None:
+        assert child.stdout is not None
+        try:
+            while True:
+                frame, size = FRAME.unpack(await child.stdout.readexactly(FRAME.size))
+                statuses = await child.stdout.readexactly(size)
+                for future, status in zip(self._in_flight.pop(frame, []), statuses, strict=True):
+                    if not future.done():
+                        if status == COMMITTED:
+                            future.set_result(None)
+                        else:
+                            future.set_exception(StoreUnavailable(UNAVAILABLE))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            if not self._closed:
+                _log.warning("audit writer stopped: %s", exc)
+        finally:
+            # Whatever the child had not answered may or may not be committed: not delivered.
+            for futures in self._in_flight.values():
+                _fail(futures)
+            self._in_flight.clear()
+            if self._child is child:
+                self._child = None
+
+    async def aclose(self) -> None:
+        """Let the child commit what it was sent, then wait for it to exit."""
+        self._closed = True
+        child = self._child
+        if child is None or child.stdin is None:
+            return
+        if self._pending:
+            self._send()
+        child.stdin.close()
+        with contextlib.suppress(Exception):
+            if self._answers is not None:
+                await self._answers
+            await child.wait()
+
+    def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]:
+        return self.reader.query(audit_filter)
+
+    def verify(self) -> ChainReport:
+        return self.reader.verify()
+
+    def issued_counts(self, since: float) -> dict[tuple[str, str], int]:
+        return self.reader.issued_counts(since)
+
+
+def _fail(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(StoreUnavailable(UNAVAILABLE))
+
+
+async def _serve(data_dir: Path) -> None:
+    """The child: read frames from stdin, commit them, answer on stdout; stop at EOF."""
+    from deputy.store.sqlite.audit import open_audit_log
+
+    loop = asyncio.get_running_loop()
+    requests = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(requests), sys.stdin)
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
+    log = open_audit_log(data_dir)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def commit(frame: int, records: list[DecisionRecord]) -> None:
+        results = await asyncio.gather(*(log.append(r) for r in records), return_exceptions=True)
+        statuses = bytes(COMMITTED if r is None else FAILED for r in results)
+        transport.write(FRAME.pack(frame, len(statuses)) + statuses)
+
+    transport.write(b"\x00")  # ready
+    try:
+        while True:
+            try:
+                frame, size = FRAME.unpack(await requests.readexactly(FRAME.size))
+                records = pickle.loads(await requests.readexactly(size))  # noqa: S301 - parent
+            except asyncio.IncompleteReadError:
+                break
+            task = asyncio.create_task(commit(frame, records))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+    finally:
+        log.close()
+        transport.close()
+
+
+if __name__ == "__main__":
+    # The parent decides when the writer stops, by closing its stdin; a Ctrl-C or a group-wide
+    # SIGTERM must not cut a commit short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    asyncio.run(_serve(Path(sys.argv[1])))

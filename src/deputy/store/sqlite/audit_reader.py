@@ -1,0 +1,121 @@
+"""Reading the embedded audit log: forensic queries, chain verification, quota seeding."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+from deputy.audit.chain import ChainVerifier
+from deputy.audit.log import AuditFilter, ChainReport
+from deputy.audit.record import StoredRecord
+from deputy.errors import ConfigError, StoreUnavailable
+from deputy.store.sqlite.audit_tables import (
+    CREDENTIAL_ROWS_SQL,
+    READ_HEAD,
+    RECORD_ROWS_SQL,
+    RowChecker,
+    head_from_row,
+    select_records,
+)
+
+KEY_BYTES = 32
+DB_FILE = "audit.db"
+KEY_FILE = "audit.key"
+UNAVAILABLE = "audit store unavailable"
+
+
+class SqliteAuditReader:
+    """Read-only access to ``audit.db``; each call uses its own short-lived connection."""
+
+    def __init__(self, path: Path, head_key: bytes, *, busy_timeout_ms: int = 2000) -> None:
+        self._path = path
+        self._head_key = head_key
+        self._timeout = busy_timeout_ms / 1000
+
+    def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]:
+        """Records matching the filter, in seq order."""
+        sql, params = select_records(audit_filter)
+        with closing(self._reader()) as conn:
+            try:
+                for seq, body, prev_hash, hash_ in conn.execute(sql, params):
+                    yield StoredRecord(
+                        seq=seq, record=json.loads(body), prev_hash=prev_hash, hash=hash_
+                    )
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(UNAVAILABLE) from exc
+
+    def verify(self) -> ChainReport:
+        """Stream every record in seq order from one snapshot and check the chain and head."""
+        with closing(self._reader()) as conn:
+            conn.text_factory = bytes
+            try:
+                conn.execute("BEGIN")
+                head_row = conn.execute(READ_HEAD).fetchone()
+                verifier = ChainVerifier(self._head_key)
+                checker = RowChecker(verifier, conn.execute(CREDENTIAL_ROWS_SQL))
+                for row in conn.execute(RECORD_ROWS_SQL):
+                    if not checker.check(row):
+                        break
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(UNAVAILABLE) from exc
+        head = head_from_row(head_row)
+        if verifier.finish(head).ok:
+            # A cut tail also orphans credential rows; the head names that problem better.
+            checker.finish()
+        return verifier.finish(head)
+
+    def issued_counts(self, since: float) -> dict[tuple[str, str], int]:
+        """Credentials issued since ``since`` per (user id, tool category), for quota seeding."""
+        sql = (
+            "SELECT user_id, category, COUNT(*) FROM credentials WHERE issued_at >= ?"
+            " AND user_id IS NOT NULL AND category IS NOT NULL GROUP BY user_id, category"
+        )
+        with closing(self._reader()) as conn:
+            try:
+                rows = conn.execute(sql, (since,)).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(UNAVAILABLE) from exc
+        return {(user, category): count for user, category, count in rows}
+
+    def _reader(self) -> sqlite3.Connection:
+        uri = self._path.resolve().as_uri() + "?mode=ro"
+        try:
+            return sqlite3.connect(uri, uri=True, timeout=self._timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(UNAVAILABLE) from exc
+
+
+def open_head_key(data_dir: Path) -> bytes:
+    """The chain head key in ``data_dir`` (0600), created with the directory (0700) if new."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / KEY_FILE
+    if not path.exists():
+        # Written whole under a private name, then linked into place: a process starting at
+        # the same moment sees either no key or the complete one, never half of it.
+        tmp = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(KEY_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
+    key = path.read_bytes()
+    if len(key) != KEY_BYTES:
+        raise ConfigError(f"{path} must hold exactly {KEY_BYTES} bytes; restore it from backup")
+    return key
+
+
+def open_audit_reader(data_dir: Path) -> SqliteAuditReader:
+    """A reader for the audit log in ``data_dir``."""
+    return SqliteAuditReader(data_dir / DB_FILE, open_head_key(data_dir))
