@@ -1,0 +1,93 @@
+"""The broker's audit log: records committed by a child writer process, answered per frame."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from deputy.audit.log import AuditFilter
+from deputy.errors import StoreUnavailable
+from deputy.store.sqlite.audit_process import ProcessAuditLog
+from deputy.store.sqlite.audit_reader import open_audit_reader
+from tests.integration.test_audit_sqlite import make_record
+
+
+def open_log(data_dir: Path) -> ProcessAuditLog:
+    return ProcessAuditLog(data_dir, open_audit_reader(data_dir))
+
+
+async def test_concurrent_appends_commit_in_one_chain(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    await log.start()
+    await asyncio.gather(*(log.append(make_record(i)) for i in range(300)))
+    await log.aclose()
+    report = log.verify()
+    assert report.ok and report.records == 300
+    assert [s.record["decision_id"] for s in log.query(AuditFilter(jti="jti-7"))] == ["dec-7"]
+    assert log.issued_counts(0) == {(f"user-{u}", "code"): 75 for u in range(4)}
+
+
+async def test_duplicate_record_fails_alone(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    await log.append(make_record(1))
+    results = await asyncio.gather(
+        log.append(make_record(1)), log.append(make_record(2)), return_exceptions=True
+    )
+    await log.aclose()
+    assert isinstance(results[0], StoreUnavailable) and results[1] is None
+    assert log.verify().records == 2
+
+
+async def test_locked_store_fails_closed_and_recovers(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    await log.append(make_record(0))
+    locker = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await log.append(make_record(1))
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    await log.append(make_record(2))
+    await log.aclose()
+    assert log.verify().ok and log.verify().records == 2
+
+
+async def test_killed_writer_fails_unanswered_records_then_restarts(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    await log.start()
+    await log.append(make_record(0))
+    child, answers = log._child, log._answers
+    assert child is not None and answers is not None
+    os.kill(child.pid, signal.SIGSTOP)  # the writer can no longer answer
+    pending = asyncio.ensure_future(log.append(make_record(1)))
+    for _ in range(3):
+        await asyncio.sleep(0)  # the frame goes out on the next loop turn
+    assert not pending.done()
+    os.kill(child.pid, signal.SIGKILL)
+    with pytest.raises(StoreUnavailable):
+        await pending  # sent but never answered: never reported committed
+    await answers
+    await log.append(make_record(2))  # a new writer, no restart of anything else
+    assert log._child is not None and log._child.pid != child.pid
+    await log.aclose()
+    report = log.verify()
+    assert report.ok
+    assert [s.record["decision_id"] for s in log.query(AuditFilter())] == ["dec-0", "dec-2"]
+
+
+async def test_close_commits_what_was_sent(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    tasks = [asyncio.ensure_future(log.append(make_record(i))) for i in range(50)]
+    await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    await log.aclose()
+    with pytest.raises(StoreUnavailable):
+        await log.append(make_record(99))
+    assert log.verify().records == 50
