@@ -12,19 +12,17 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from deputy.clock import SystemClock
-from deputy.devtools import LocalIdp, SvidSigner, TokenSigner
+from deputy.devtools.broker_process import BrokerProcess
+from deputy.devtools.example import ExampleIdentities, example_config, write_example_trust
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT.parent / "shared" / "bench" / "peer-oidc-provider" / "run.sh"
@@ -33,32 +31,20 @@ RESULT = re.compile(r"non2xx=(\d+) requests=(\d+) rps=([\d.]+) p50_ms=([\d.]+) p
 UNLIMITED = 1_000_000_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def deployment(directory: Path) -> tuple[Path, LocalIdp, SvidSigner]:
+def deployment(directory: Path) -> tuple[Path, ExampleIdentities]:
     """The example config with limits out of the way (quota is still taken on every call)."""
-    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "deputy.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load(example_config())
     for wf in doc["workflows"].values():
         if "rate_limits" in wf:
             wf["rate_limits"] = dict.fromkeys(wf["rate_limits"], UNLIMITED)
     config = directory / "deputy.yaml"
     config.write_text(yaml.safe_dump(doc))
-    clock = SystemClock()
-    idp = LocalIdp(clock, "https://login.example.com", "support-portal", "plan")
-    svids = SvidSigner(clock, "prod.example")
-    idp.write_jwks(directory / "trust/login.jwks.json")
-    svids.write_jwks(directory / "trust/prod.example.jwks.json")
-    TokenSigner(clock).write_jwks(directory / "trust/k8s.jwks.json")
-    return config, idp, svids
+    return config, write_example_trust(directory, SystemClock())
 
 
-def request_lines(idp: LocalIdp, svids: SvidSigner, distinct: int) -> list[str]:
+def request_lines(identities: ExampleIdentities, distinct: int) -> list[str]:
     """Each line a workload token and a body: one tool, agent + user token."""
+    idp, svids = identities.idp, identities.svids
     lines = []
     for i in range(distinct):
         svid = svids.jwt_svid(f"/agents/support/agent-{i}", lifetime=900)
@@ -108,22 +94,6 @@ def paced(url: str, requests: Path, seconds: int, target: float) -> dict[str, fl
     return wrk(url, requests, seconds, PACED_CONNECTIONS, max(2, round(delay)))
 
 
-def start_broker(config: Path, port: int, profile: Path | None) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable]
-    if profile:
-        cmd += ["-m", "cProfile", "-o", str(profile)]
-    cmd += ["-m", "deputy", "serve", "--config", str(config), "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    for _ in range(400):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("broker did not start")
-
-
 def show(name: str, r: dict[str, float]) -> None:
     print(
         f"deputy {name:<38} rps={r['rps']:8.1f} p50_ms={r['p50_ms']:6.2f} "
@@ -160,15 +130,16 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="deputy-bench-") as tmp:
         work = Path(tmp)
-        config, idp, svids = deployment(work)
+        config, identities = deployment(work)
         warm = work / "warm.txt"
-        warm.write_text("\n".join(request_lines(idp, svids, 1)) + "\n")
+        warm.write_text("\n".join(request_lines(identities, 1)) + "\n")
         fresh = work / "fresh.txt"
-        fresh.write_text("\n".join(request_lines(idp, svids, args.seconds * 3000)) + "\n")
-        port = free_port()
+        fresh.write_text("\n".join(request_lines(identities, args.seconds * 3000)) + "\n")
         profile = work / "broker.prof" if args.profile else None
-        proc = start_broker(config, port, profile)
-        url = f"http://127.0.0.1:{port}"
+        broker = BrokerProcess(config).start(
+            *(["-m", "cProfile", "-o", str(profile)] if profile else [])
+        )
+        url = broker.url
         results: dict[str, Any] = {}
         try:
             wrk(url, warm, 2, args.connections)  # warm-up
@@ -180,8 +151,7 @@ def main() -> int:
             results["half"] = paced(url, warm, args.seconds, half)
             show(f"paced at half max ({half:.0f}/s target)", results["half"])
         finally:
-            proc.send_signal(2)  # SIGINT: uvicorn shuts down cleanly, cProfile writes
-            proc.wait(timeout=60)
+            broker.stop()  # SIGINT: uvicorn shuts down cleanly, cProfile writes its file
         if profile:
             import pstats
 

@@ -13,12 +13,11 @@ import yaml
 
 from deputy.clock import Clock, SystemClock
 from deputy.config import Settings, load_settings
-from deputy.devtools import LocalIdp, SvidSigner, TokenSigner
 from deputy.devtools.broker_thread import BrokerThread
+from deputy.devtools.example import ExampleIdentities, example_config, write_example_trust
+from deputy.devtools.signer import LocalIdp, SvidSigner
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "deputy.yaml"
 SUPPORT = "/agents/support/triage"
-K8S_ISSUER = "https://k8s.example/cluster-1"
 ESCALATION = "system:serviceaccount:support:escalation"
 
 
@@ -29,18 +28,21 @@ class Deployment:
     directory: Path
     config_path: Path
     settings: Settings
-    idp: LocalIdp
-    svids: SvidSigner
-    k8s: TokenSigner
+    identities: ExampleIdentities
+
+    @property
+    def idp(self) -> LocalIdp:
+        return self.identities.idp
+
+    @property
+    def svids(self) -> SvidSigner:
+        return self.identities.svids
 
     def svid(self, path: str = SUPPORT, **kw: Any) -> str:
         return self.svids.jwt_svid(path, **kw)
 
     def k8s_token(self, sub: str = ESCALATION, lifetime: int = 600) -> str:
-        now = int(self.k8s.clock.now())
-        return self.k8s.sign(
-            {"iss": K8S_ISSUER, "sub": sub, "aud": "deputy", "iat": now, "exp": now + lifetime}
-        )
+        return self.identities.k8s_token(sub, lifetime)
 
 
 def write_deployment(
@@ -48,19 +50,14 @@ def write_deployment(
     mutate: Callable[[dict[str, Any]], None] | None = None,
     clock: Clock | None = None,
 ) -> Deployment:
-    document = yaml.safe_load(EXAMPLE.read_text())
+    """The example config (changed by ``mutate``) with trust files for run-time keys."""
+    document = yaml.safe_load(example_config())
     if mutate:
         mutate(document)
     config = directory / "deputy.yaml"
     config.write_text(yaml.safe_dump(document))
-    clock = clock or SystemClock()
-    idp = LocalIdp(clock, "https://login.example.com", "support-portal", "plan")
-    svids = SvidSigner(clock, "prod.example")
-    k8s = TokenSigner(clock)
-    idp.write_jwks(directory / "trust/login.jwks.json")
-    svids.write_jwks(directory / "trust/prod.example.jwks.json")
-    k8s.write_jwks(directory / "trust/k8s.jwks.json")
-    return Deployment(directory, config, load_settings(config), idp, svids, k8s)
+    identities = write_example_trust(directory, clock or SystemClock())
+    return Deployment(directory, config, load_settings(config), identities)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from tests.integration.test_audit_sqlite import make_record
 
 
 def open_log(data_dir: Path) -> ProcessAuditLog:
-    return ProcessAuditLog(data_dir, open_audit_reader(data_dir))
+    return ProcessAuditLog(data_dir)
 
 
 async def test_concurrent_appends_commit_in_one_chain(tmp_path: Path) -> None:
@@ -26,10 +26,14 @@ async def test_concurrent_appends_commit_in_one_chain(tmp_path: Path) -> None:
     await log.start()
     await asyncio.gather(*(log.append(make_record(i)) for i in range(300)))
     await log.aclose()
-    report = log.verify()
+    report = open_audit_reader(tmp_path).verify()
     assert report.ok and report.records == 300
-    assert [s.record["decision_id"] for s in log.query(AuditFilter(jti="jti-7"))] == ["dec-7"]
-    assert log.issued_counts(0) == {(f"user-{u}", "code"): 75 for u in range(4)}
+    assert [
+        s.record["decision_id"] for s in open_audit_reader(tmp_path).query(AuditFilter(jti="jti-7"))
+    ] == ["dec-7"]
+    assert open_audit_reader(tmp_path).issued_counts(0) == {
+        (f"user-{u}", "code"): 75 for u in range(4)
+    }
 
 
 async def test_duplicate_record_fails_alone(tmp_path: Path) -> None:
@@ -40,7 +44,7 @@ async def test_duplicate_record_fails_alone(tmp_path: Path) -> None:
     )
     await log.aclose()
     assert isinstance(results[0], StoreUnavailable) and results[1] is None
-    assert log.verify().records == 2
+    assert open_audit_reader(tmp_path).verify().records == 2
 
 
 async def test_locked_store_fails_closed_and_recovers(tmp_path: Path) -> None:
@@ -56,7 +60,10 @@ async def test_locked_store_fails_closed_and_recovers(tmp_path: Path) -> None:
         locker.close()
     await log.append(make_record(2))
     await log.aclose()
-    assert log.verify().ok and log.verify().records == 2
+    assert (
+        open_audit_reader(tmp_path).verify().ok
+        and open_audit_reader(tmp_path).verify().records == 2
+    )
 
 
 async def test_killed_writer_fails_unanswered_records_then_restarts(tmp_path: Path) -> None:
@@ -77,9 +84,12 @@ async def test_killed_writer_fails_unanswered_records_then_restarts(tmp_path: Pa
     await log.append(make_record(2))  # a new writer, no restart of anything else
     assert log._child is not None and log._child.pid != child.pid
     await log.aclose()
-    report = log.verify()
+    report = open_audit_reader(tmp_path).verify()
     assert report.ok
-    assert [s.record["decision_id"] for s in log.query(AuditFilter())] == ["dec-0", "dec-2"]
+    assert [s.record["decision_id"] for s in open_audit_reader(tmp_path).query(AuditFilter())] == [
+        "dec-0",
+        "dec-2",
+    ]
 
 
 async def test_close_commits_what_was_sent(tmp_path: Path) -> None:
@@ -90,4 +100,4 @@ async def test_close_commits_what_was_sent(tmp_path: Path) -> None:
     await log.aclose()
     with pytest.raises(StoreUnavailable):
         await log.append(make_record(99))
-    assert log.verify().records == 50
+    assert open_audit_reader(tmp_path).verify().records == 50

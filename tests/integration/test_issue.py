@@ -36,7 +36,7 @@ def alice_body(d: Deployment, **extra: Any) -> dict[str, Any]:
 
 
 def records(broker: BrokerThread) -> list[dict[str, Any]]:
-    return [s.record for s in broker.broker.audit.query(AuditFilter())]
+    return [s.record for s in broker.broker.audit_reader.query(AuditFilter())]
 
 
 def test_execution_gets_one_audience_restricted_credential_per_tool(
@@ -283,7 +283,7 @@ def test_rate_limit_is_exact_under_concurrency(deployment: Deployment, broker: B
     limited = next(r for r in responses if r.status_code == 429)
     assert limited.json()["reasons"][0]["rule"] == "rate_limit"
     assert 0 < int(limited.headers["retry-after"]) <= 86_400
-    issued = server.broker.audit.issued_counts(0)
+    issued = server.broker.audit_reader.issued_counts(0)
     assert issued == {("carol", "ticketing"): 20}
 
 
@@ -309,7 +309,7 @@ def test_audit_store_locked_fails_closed_then_recovers(
     # no restart needed, and the failed attempt took no quota: 20 still fit today
     statuses = [post(client, deployment.svid(), body).status_code for _ in range(21)]
     assert statuses == [200] * 20 + [429]
-    assert server.broker.audit.verify().ok
+    assert server.broker.audit_reader.verify().ok
 
 
 def test_oversized_and_malformed_bodies(deployment: Deployment, broker: Broker) -> None:

@@ -44,7 +44,7 @@ class AuditReader(Protocol):
     def verify(self) -> ChainReport: ...
 
 
-class AuditLog(AuditReader, Protocol):
+class AuditLog(Protocol):
     """Append-only, hash-chained decision log."""
 
     async def append(self, record: DecisionRecord) -> None:

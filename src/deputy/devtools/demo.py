@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from deputy.audit.log import AuditFilter
 from deputy.clock import SystemClock
 from deputy.config import load_settings
 from deputy.devtools.broker_thread import BrokerThread
-from deputy.devtools.signer import LocalIdp, SvidSigner, TokenSigner
+from deputy.devtools.example import ExampleIdentities, example_config, write_example_trust
 from deputy.store.sqlite.audit_reader import open_audit_reader
 
 MARKER = ".deputy-demo"
@@ -29,7 +28,7 @@ def _section(title: str) -> None:
     print(f"\n=== {title} " + "=" * max(0, 70 - len(title)))
 
 
-def prepare(directory: Path) -> tuple[Path, LocalIdp, SvidSigner, TokenSigner]:
+def prepare(directory: Path) -> tuple[Path, ExampleIdentities]:
     """A fresh demo directory: the example config and trust files for run-time keys."""
     if directory.exists():
         if not (directory / MARKER).exists():
@@ -38,15 +37,8 @@ def prepare(directory: Path) -> tuple[Path, LocalIdp, SvidSigner, TokenSigner]:
     directory.mkdir(parents=True)
     (directory / MARKER).write_text("created by `deputy demo`; safe to delete\n")
     config = directory / "deputy.yaml"
-    config.write_text(resources.files("deputy.devtools").joinpath("example.yaml").read_text())
-    clock = SystemClock()
-    idp = LocalIdp(clock, "https://login.example.com", "support-portal", "plan")
-    svids = SvidSigner(clock, "prod.example")
-    k8s = TokenSigner(clock)
-    idp.write_jwks(directory / "trust/login.jwks.json")
-    svids.write_jwks(directory / "trust/prod.example.jwks.json")
-    k8s.write_jwks(directory / "trust/k8s.jwks.json")
-    return config, idp, svids, k8s
+    config.write_text(example_config())
+    return config, write_example_trust(directory, SystemClock())
 
 
 def _show_denial(label: str, response: httpx.Response) -> None:
@@ -80,7 +72,8 @@ async def seed_snippet(
 
 
 def run_demo(directory: Path) -> int:
-    config, idp, svids, k8s = prepare(directory.resolve())
+    config, identities = prepare(directory.resolve())
+    idp, svids = identities.idp, identities.svids
     settings = load_settings(config)
     with BrokerThread(settings) as broker, httpx.Client(base_url=broker.url) as http:
         print(f"Deputy broker on {broker.url} (config {config})")
@@ -160,15 +153,7 @@ def run_demo(directory: Path) -> int:
         _show_denial("forged workload token", issue(base, token=svid[:-4] + "AAAA"))
 
         _section("3. asserted delegation: the seed's client snippet, verbatim")
-        k8s_token = k8s.sign(
-            {
-                "iss": "https://k8s.example/cluster-1",
-                "sub": ESCALATION_SA,
-                "aud": "deputy",
-                "iat": int(SystemClock().now()),
-                "exp": int(SystemClock().now()) + 600,
-            }
-        )
+        k8s_token = identities.k8s_token(ESCALATION_SA)
         creds = asyncio.run(
             seed_snippet(broker.url, "escalation-5d2a", {"user_id": "dave"}, k8s_token)
         )
@@ -176,7 +161,7 @@ def run_demo(directory: Path) -> int:
             print(f"- {tool}: scope '{cred['scope']}', audience {cred['audience']}")
 
         _section(f"4. audit trail of execution {execution}")
-        for stored in broker.broker.audit.query(AuditFilter(execution_id=execution)):
+        for stored in broker.broker.audit_reader.query(AuditFilter(execution_id=execution)):
             r = stored.record
             print(
                 f"#{stored.seq} {r['outcome']} {r['workflow']} workload={r['workload_id']} "
@@ -185,7 +170,9 @@ def run_demo(directory: Path) -> int:
             for c in r["credentials"]:
                 print(f"    {c['tool']}: jti={c['jti']} aud={c['audience']} scope='{c['scope']}'")
             print(f"    hash {stored.hash[:16]}… ← prev {stored.prev_hash[:16]}…")
-        decisions = list(broker.broker.audit.query(AuditFilter(agent_instance="triage-7f9c")))
+        decisions = list(
+            broker.broker.audit_reader.query(AuditFilter(agent_instance="triage-7f9c"))
+        )
         denied = sum(1 for s in decisions if s.record["outcome"] == "deny")
         print(f"agent instance triage-7f9c: {len(decisions)} decisions, {denied} denied")
 

@@ -29,7 +29,7 @@ from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore
 from deputy.service.issuance import IssuanceService
 from deputy.store.key_files import FileKeyStore
 from deputy.store.sqlite.audit_process import ProcessAuditLog
-from deputy.store.sqlite.audit_reader import open_audit_reader
+from deputy.store.sqlite.audit_reader import SqliteAuditReader, open_audit_reader
 from deputy.tokens.key_ring import KeyRing
 from deputy.tokens.mint import Minter
 
@@ -45,6 +45,7 @@ class Broker:
     service: IssuanceService
     key_ring: KeyRing
     audit: ProcessAuditLog
+    audit_reader: SqliteAuditReader
     caches: tuple[JwksCache, ...]
     http: httpx.AsyncClient
     ids: IdSource
@@ -97,11 +98,12 @@ def build_broker(settings: Settings, clock: Clock) -> Broker:
         for u in settings.users
     ]
     own = frozenset({settings.issuer})
-    audit = ProcessAuditLog(settings.data_dir, open_audit_reader(settings.data_dir))
+    audit = ProcessAuditLog(settings.data_dir)
+    reader = open_audit_reader(settings.data_dir)
     key_ring = open_key_ring(settings, clock)
     policy = policy_from_settings(settings)
     ids = IdSource(clock)
-    quota = MemoryQuotaStore(lambda day: audit.issued_counts(day * SECONDS_PER_DAY))
+    quota = MemoryQuotaStore(lambda day: reader.issued_counts(day * SECONDS_PER_DAY))
     service = IssuanceService(
         policy=policy,
         workloads=WorkloadVerifier(
@@ -114,4 +116,4 @@ def build_broker(settings: Settings, clock: Clock) -> Broker:
         clock=clock,
         ids=ids,
     )
-    return Broker(settings, policy, service, key_ring, audit, tuple(caches), http, ids)
+    return Broker(settings, policy, service, key_ring, audit, reader, tuple(caches), http, ids)

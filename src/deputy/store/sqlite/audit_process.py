@@ -20,13 +20,11 @@ import pickle
 import signal
 import struct
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-from deputy.audit.log import AuditFilter, ChainReport
-from deputy.audit.record import DecisionRecord, StoredRecord
+from deputy.audit.record import DecisionRecord
 from deputy.errors import StoreUnavailable
-from deputy.store.sqlite.audit_reader import UNAVAILABLE, SqliteAuditReader
+from deputy.store.sqlite.audit_reader import UNAVAILABLE
 
 FRAME = struct.Struct(">II")
 COMMITTED, FAILED = 0, 1
@@ -36,11 +34,10 @@ _log = logging.getLogger(__name__)
 
 
 class ProcessAuditLog:
-    """The :class:`~deputy.audit.log.AuditLog` of a broker: writes in a child, reads here."""
+    """The :class:`~deputy.audit.log.AuditLog` of a broker: records are committed in a child."""
 
-    def __init__(self, data_dir: Path, reader: SqliteAuditReader) -> None:
+    def __init__(self, data_dir: Path) -> None:
         self._data_dir = data_dir
-        self.reader = reader
         self._child: asyncio.subprocess.Process | None = None
         self._answers: asyncio.Task[None] | None = None
         self._spawning = asyncio.Lock()
@@ -136,15 +133,6 @@ class ProcessAuditLog:
             if self._answers is not None:
                 await self._answers
             await child.wait()
-
-    def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]:
-        return self.reader.query(audit_filter)
-
-    def verify(self) -> ChainReport:
-        return self.reader.verify()
-
-    def issued_counts(self, since: float) -> dict[tuple[str, str], int]:
-        return self.reader.issued_counts(since)
 
 
 def _fail(futures: list[asyncio.Future[None]]) -> None:
