@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from joserfc.jwk import ECKey, Key, RSAKey
 from joserfc.jws import JWSRegistry
@@ -270,3 +270,20 @@ def check_algorithms(algorithms: frozenset[str]) -> None:
         raise ValueError(
             f"algorithms must be a non-empty subset of {sorted(ALLOWED_ASYMMETRIC_ALGS)}"
         )
+
+
+class KeyLookup(Protocol):
+    """Where the verification key for a ``kid`` comes from (a configured issuer's key set)."""
+
+    async def key(self, kid: str | None) -> Key: ...
+
+
+async def verify_for_issuer(
+    parsed: ParsedJwt, *, audience: str, keys: KeyLookup, algorithms: frozenset[str], now: float
+) -> None:
+    """Cheap claim checks first, then the key lookup (which may fetch), then the signature."""
+    if parsed.alg not in algorithms:
+        raise TokenRejected(f"algorithm {client_safe(parsed.alg, 16)} is not allowed")
+    check_time(parsed.claims, now)
+    check_audience(parsed.claims, audience)
+    verify_signature(parsed, await keys.key(parsed.kid), algorithms)

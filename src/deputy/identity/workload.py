@@ -13,14 +13,12 @@ from deputy.identity.jose import (
     MAX_TOKEN_BYTES,
     ParsedJwt,
     check_algorithms,
-    check_audience,
     check_subject,
-    check_time,
     check_type,
     client_safe,
     expiry,
     parse_compact,
-    verify_signature,
+    verify_for_issuer,
 )
 from deputy.identity.jwks import JwksCache
 from deputy.identity.spiffe import SpiffeId, check_trust_domain
@@ -137,7 +135,13 @@ class WorkloadVerifier:
             raise TokenRejected("JWT-SVID typ must be JWT or JOSE")
         if parsed.kid is None:
             raise TokenRejected("JWT-SVID has no kid")
-        await self._check(parsed, trust.audience, trust.keys, trust.algorithms)
+        await verify_for_issuer(
+            parsed,
+            audience=trust.audience,
+            keys=trust.keys,
+            algorithms=trust.algorithms,
+            now=self._clock.now(),
+        )
         return Workload(
             id=str(spiffe_id),
             issuer=f"spiffe://{spiffe_id.trust_domain}",
@@ -148,7 +152,13 @@ class WorkloadVerifier:
 
     async def _verify_oidc(self, parsed: ParsedJwt, trust: OidcWorkloadTrust) -> Workload:
         sub = check_subject(parsed.claims)
-        await self._check(parsed, trust.audience, trust.keys, trust.algorithms)
+        await verify_for_issuer(
+            parsed,
+            audience=trust.audience,
+            keys=trust.keys,
+            algorithms=trust.algorithms,
+            now=self._clock.now(),
+        )
         return Workload(
             id=f"{trust.issuer}#{sub}",
             issuer=trust.issuer,
@@ -156,16 +166,6 @@ class WorkloadVerifier:
             expires_at=expiry(parsed.claims),
             instance=_pod_name(parsed.claims),
         )
-
-    async def _check(
-        self, parsed: ParsedJwt, audience: str, keys: JwksCache, algorithms: frozenset[str]
-    ) -> None:
-        """Cheap claim checks first, then the key lookup (may fetch), then the signature."""
-        if parsed.alg not in algorithms:
-            raise TokenRejected(f"algorithm {client_safe(parsed.alg, 16)} is not allowed")
-        check_time(parsed.claims, self._clock.now())
-        check_audience(parsed.claims, audience)
-        verify_signature(parsed, await keys.key(parsed.kid), algorithms)
 
 
 def _index(items: Sequence[_T], name: Callable[[_T], str], what: str) -> dict[str, _T]:

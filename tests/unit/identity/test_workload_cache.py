@@ -42,10 +42,13 @@ async def test_cache_hit_skips_verification(
 ) -> None:
     verifier, cache = cached_verifier(verifiers, clock)
     checks: list[str] = []
-    real = workload_module.verify_signature
-    monkeypatch.setattr(
-        workload_module, "verify_signature", lambda *a: checks.append("sig") or real(*a)
-    )
+    real = workload_module.verify_for_issuer
+
+    async def counting(*args: object, **kwargs: object) -> None:
+        checks.append("sig")
+        await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(workload_module, "verify_for_issuer", counting)
     token = k8s()
     first = await verifier.verify(token)
     second = await verifier.verify(token)
