@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -54,6 +54,25 @@ class DecisionRecord:
         out["credentials"] = [asdict(c) for c in self.credentials]
         out["reasons"] = [dict(r) for r in self.reasons]
         return out
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The field values in order, credentials as plain tuples: cheap to pickle."""
+        values = [getattr(self, name) for name in _FIELDS]
+        values[_CREDENTIALS] = tuple(
+            (c.jti, c.tool, c.audience, c.scope, c.category, c.expires_at) for c in self.credentials
+        )
+        return tuple(values)
+
+    @classmethod
+    def from_tuple(cls, values: tuple[Any, ...]) -> DecisionRecord:
+        """The inverse of :meth:`as_tuple`."""
+        fields_ = list(values)
+        fields_[_CREDENTIALS] = tuple(IssuedCredential(*c) for c in values[_CREDENTIALS])
+        return cls(*fields_)
+
+
+_FIELDS = tuple(f.name for f in fields(DecisionRecord))
+_CREDENTIALS = _FIELDS.index("credentials")
 
 
 @dataclass(frozen=True, slots=True)

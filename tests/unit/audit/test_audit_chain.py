@@ -260,3 +260,21 @@ def test_record_body_is_the_canonical_record_dict_plus_logged_at() -> None:
     expected = canonical_json({**record.as_dict(), LOGGED_AT: 2.5})
     assert record_body(record, 2.5) == expected
     assert json.loads(record_body(record, 2.5))[LOGGED_AT] == 2.5
+
+
+def test_record_tuple_round_trip() -> None:
+    from deputy.audit.record import DecisionRecord, IssuedCredential
+
+    record = DecisionRecord(
+        decision_id="d",
+        time=1.0,
+        endpoint="/issue",
+        outcome="allow",
+        status=200,
+        request_id="r",
+        client_address=None,
+        tools_requested={"t": ["s"]},
+        credentials=(IssuedCredential("j", "t", "a", "s", "c", 5),),
+        reasons=({"rule": "x", "message": "y"},),
+    )
+    assert DecisionRecord.from_tuple(record.as_tuple()) == record

@@ -7,8 +7,8 @@ answer. If the child dies, every unanswered record fails with ``StoreUnavailable
 next append starts a new child: no restart of the broker is needed.
 
 Frames, both ways: ``frame id (u32) | length (u32) | payload``. Requests carry a pickle of
-the records (the child trusts only its parent, over its own pipes); answers carry a status
-byte per record: 0 committed, 1 not.
+the records as plain tuples (the child trusts only its parent, over its own pipes);
+answers carry a status byte per record: 0 committed, 1 not.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class ProcessAuditLog:
             _fail([f for _, f in batch])
             return
         self._next_frame = (self._next_frame + 1) & 0xFFFFFFFF
-        payload = pickle.dumps([r for r, _ in batch], protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps([r.as_tuple() for r, _ in batch], protocol=pickle.HIGHEST_PROTOCOL)
         self._in_flight[self._next_frame] = [f for _, f in batch]
         child.stdin.write(FRAME.pack(self._next_frame, len(payload)) + payload)
 
@@ -162,9 +162,10 @@ async def _serve(data_dir: Path) -> None:
         while True:
             try:
                 frame, size = FRAME.unpack(await requests.readexactly(FRAME.size))
-                records = pickle.loads(await requests.readexactly(size))  # noqa: S301 - parent
+                rows = pickle.loads(await requests.readexactly(size))  # noqa: S301 - from the parent
             except asyncio.IncompleteReadError:
                 break
+            records = [DecisionRecord.from_tuple(row) for row in rows]
             task = asyncio.create_task(commit(frame, records))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
