@@ -14,7 +14,7 @@ from deputy.audit.log import AuditFilter
 from deputy.errors import StoreUnavailable
 from deputy.store.sqlite.audit_process import ProcessAuditLog
 from deputy.store.sqlite.audit_reader import open_audit_reader
-from tests.integration.test_audit_sqlite import make_record
+from tests.integration.test_audit_sqlite import IDP, make_record
 
 
 def open_log(data_dir: Path) -> ProcessAuditLog:
@@ -32,7 +32,7 @@ async def test_concurrent_appends_commit_in_one_chain(tmp_path: Path) -> None:
         s.record["decision_id"] for s in open_audit_reader(tmp_path).query(AuditFilter(jti="jti-7"))
     ] == ["dec-7"]
     assert open_audit_reader(tmp_path).issued_counts(0) == {
-        (f"user-{u}", "code"): 75 for u in range(4)
+        (IDP, f"user-{u}", "code"): 75 for u in range(4)
     }
 
 

@@ -20,6 +20,7 @@ from deputy.errors import StoreUnavailable
 from deputy.store.sqlite import SqliteAuditLog, open_audit_log
 
 KEY = b"audit-head-key-for-tests-32bytes!"
+IDP = "https://idp.example"
 T0 = 1_800_000_000.0
 HOSTILE = 'a\nb\r\x00\x1b[2J\u2028 "q" \\ caf\u00e9 \U0001f916 \'); DROP TABLE records;--'
 
@@ -36,6 +37,7 @@ def make_record(i: int, **overrides: Any) -> DecisionRecord:
         "workload_id": f"spiffe://example.org/agent/{i % 2}",
         "agent_instance": f"inst-{i % 3}",
         "user_id": f"user-{i % 4}",
+        "user_issuer": IDP,
         "execution_id": f"exec-{i % 5}",
         "credentials": (
             IssuedCredential(
@@ -348,11 +350,21 @@ async def test_issued_counts_per_user_and_category(log: SqliteAuditLog) -> None:
     )
     await log.append(make_record(3, user_id="bob", credentials=(cred("d", "code"),)))
     await log.append(make_record(4, outcome="deny", status=403, credentials=()))
-    assert log.issued_counts(T0) == {("alice", "code"): 2, ("alice", "mail"): 1, ("bob", "code"): 1}
+    other = "spiffe://prod.example/agents/billing"
+    await log.append(
+        make_record(5, user_id="alice", user_issuer=other, credentials=(cred("e", "code"),))
+    )
+    assert log.issued_counts(T0) == {
+        (IDP, "alice", "code"): 2,
+        (IDP, "alice", "mail"): 1,
+        (IDP, "bob", "code"): 1,
+        (other, "alice", "code"): 1,
+    }
     assert log.issued_counts(T0 + 2) == {
-        ("alice", "code"): 1,
-        ("alice", "mail"): 1,
-        ("bob", "code"): 1,
+        (IDP, "alice", "code"): 1,
+        (IDP, "alice", "mail"): 1,
+        (IDP, "bob", "code"): 1,
+        (other, "alice", "code"): 1,
     }
     assert log.issued_counts(T0 + 100) == {}
 

@@ -284,7 +284,23 @@ def test_rate_limit_is_exact_under_concurrency(deployment: Deployment, broker: B
     assert limited.json()["reasons"][0]["rule"] == "rate_limit"
     assert 0 < int(limited.headers["retry-after"]) <= 86_400
     issued = server.broker.audit_reader.issued_counts(0)
-    assert issued == {("carol", "ticketing"): 20}
+    assert issued == {("https://login.example.com", "carol", "ticketing"): 20}
+
+
+def test_asserting_agent_cannot_spend_a_verified_users_quota(
+    deployment: Deployment, broker: Broker
+) -> None:
+    _, client = broker
+    k8s = deployment.k8s_token()
+    asserted = {"agent_id": "esc-1", "user_id": "carol", "tools": ["ticketing_api"]}
+    assert [post(client, k8s, asserted).status_code for _ in range(20)] == [200] * 20
+    carol = {
+        "agent_id": "a",
+        "user_token": deployment.idp.user_token("carol", "pro"),
+        "tools": ["ticketing_api"],
+    }
+    statuses = [post(client, deployment.svid(), carol).status_code for _ in range(21)]
+    assert statuses == [200] * 20 + [429]
 
 
 def test_audit_store_locked_fails_closed_then_recovers(

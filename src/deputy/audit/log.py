@@ -35,8 +35,8 @@ class ChainReport:
 class AuditReader(Protocol):
     """Queries over the decision log."""
 
-    def issued_counts(self, since: float) -> dict[tuple[str, str], int]:
-        """Credentials issued since ``since`` per (user id, tool category), for quota seeding."""
+    def issued_counts(self, since: float) -> dict[tuple[str, str, str], int]:
+        """Credentials issued since ``since`` per (user issuer, user id, tool category)."""
         ...
 
     def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]: ...

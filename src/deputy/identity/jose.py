@@ -16,6 +16,7 @@ from joserfc.jws import JWSRegistry
 from deputy.errors import TokenRejected
 from deputy.identity.strict_json import StrictJsonError, load_object
 
+MAX_NUMERIC_DATE = 2**53  # beyond this a float loses whole seconds
 MAX_TOKEN_BYTES = 16 * 1024
 LEEWAY_SECONDS = 30
 MAX_JSON_DEPTH = 16
@@ -203,10 +204,14 @@ def _check_ec_signature(signature: bytes, key: ECKey, order: int) -> None:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate (RFC 7519 §2): a finite number within ``MAX_NUMERIC_DATE``."""
     value = claims.get(name)
     if value is None and name not in claims:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenRejected(f"{name} is not a number")
+    # Checked before any float conversion: 10**400 must be refused, not overflow.
+    if not -MAX_NUMERIC_DATE <= value <= MAX_NUMERIC_DATE or not math.isfinite(value):
         raise TokenRejected(f"{name} is not a number")
     return float(value)
 

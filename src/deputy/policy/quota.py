@@ -21,12 +21,21 @@ def seconds_until_next_day(now: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class QuotaDemand:
-    """``amount`` more issuances in ``category`` for ``user_id``, under ``limit`` per day."""
+    """``amount`` more issuances in ``category`` for a user, under ``limit`` per day.
 
+    A user is named by who vouched for it (``issuer``: the user IdP, or the asserting
+    workload) and its id there, so an asserting agent cannot spend a verified user's quota.
+    """
+
+    issuer: str
     user_id: str
     category: str
     amount: int
     limit: int
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.issuer, self.user_id, self.category)
 
 
 class QuotaStore(Protocol):
@@ -50,23 +59,23 @@ class MemoryQuotaStore:
     is lost on a crash together with its credentials, so a restart recounts exactly.
     """
 
-    def __init__(self, seed: Callable[[int], Mapping[tuple[str, str], int]]) -> None:
+    def __init__(self, seed: Callable[[int], Mapping[tuple[str, str, str], int]]) -> None:
         self._seed = seed
         self._lock = threading.Lock()
         self._day: int | None = None
-        self._counts: dict[tuple[str, str], int] = {}
+        self._counts: dict[tuple[str, str, str], int] = {}
 
-    def _counts_for(self, day: int) -> dict[tuple[str, str], int]:
+    def _counts_for(self, day: int) -> dict[tuple[str, str, str], int]:
         if self._day != day:
             self._counts = dict(self._seed(day))
             self._day = day
         return self._counts
 
     def _over(
-        self, counts: Mapping[tuple[str, str], int], demands: tuple[QuotaDemand, ...]
+        self, counts: Mapping[tuple[str, str, str], int], demands: tuple[QuotaDemand, ...]
     ) -> tuple[QuotaDemand, ...]:
         return tuple(
-            d for d in demands if counts.get((d.user_id, d.category), 0) + d.amount > d.limit
+            d for d in demands if counts.get(d.key, 0) + d.amount > d.limit
         )
 
     def consume(self, day: int, demands: tuple[QuotaDemand, ...]) -> tuple[QuotaDemand, ...]:
@@ -75,7 +84,7 @@ class MemoryQuotaStore:
             over = self._over(counts, demands)
             if not over:
                 for d in demands:
-                    key = (d.user_id, d.category)
+                    key = d.key
                     counts[key] = counts.get(key, 0) + d.amount
             return over
 
@@ -88,5 +97,5 @@ class MemoryQuotaStore:
             if self._day != day:
                 return
             for d in demands:
-                key = (d.user_id, d.category)
+                key = d.key
                 self._counts[key] = max(0, self._counts.get(key, 0) - d.amount)

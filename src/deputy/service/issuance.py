@@ -189,7 +189,8 @@ class IssuanceService:
         )
         now = trail.time
         day = utc_day(now)
-        demands = self._demands(workflow, subject, request)
+        assert trail.principal is not None
+        demands = self._demands(workflow, trail.principal, request)
         if not decision.allow:
             over = self._quota.exceeded(day, demands)
             raise AccessDenied(
@@ -285,16 +286,21 @@ class IssuanceService:
         )
 
     def _demands(
-        self, workflow: Workflow, subject: Subject, request: IssueRequest
+        self, workflow: Workflow, principal: Principal, request: IssueRequest
     ) -> tuple[QuotaDemand, ...]:
         counts: dict[str, int] = {}
         for name in request.tools:
             tool = self._policy.tools.get(name)
             if tool is not None and name in workflow.tools:
                 counts[tool.category] = counts.get(tool.category, 0) + 1
-        user = subject.user_id or subject.workload_id
         return tuple(
-            QuotaDemand(user, category, amount, workflow.rate_limits[category])
+            QuotaDemand(
+                principal.issuer,
+                principal.user_id,
+                category,
+                amount,
+                workflow.rate_limits[category],
+            )
             for category, amount in counts.items()
             if category in workflow.rate_limits
         )

@@ -6,7 +6,7 @@ from deputy.policy.quota import MemoryQuotaStore, QuotaDemand, seconds_until_nex
 
 
 def demand(user: str = "alice", category: str = "ticketing", amount: int = 1, limit: int = 3):  # type: ignore[no-untyped-def]
-    return QuotaDemand(user, category, amount, limit)
+    return QuotaDemand("https://idp.example", user, category, amount, limit)
 
 
 def test_consume_up_to_limit_then_refuse() -> None:
@@ -16,7 +16,7 @@ def test_consume_up_to_limit_then_refuse() -> None:
 
 
 def test_all_or_nothing_across_categories() -> None:
-    store = MemoryQuotaStore(lambda day: {("alice", "pricing"): 3})
+    store = MemoryQuotaStore(lambda day: {("https://idp.example", "alice", "pricing"): 3})
     over = store.consume(1, (demand(category="ticketing"), demand(category="pricing")))
     assert over == (demand(category="pricing"),)
     # ticketing was not taken: three more still fit
@@ -26,9 +26,9 @@ def test_all_or_nothing_across_categories() -> None:
 def test_seeded_from_the_audit_and_reset_each_utc_day() -> None:
     seen: list[int] = []
 
-    def seed(day: int) -> dict[tuple[str, str], int]:
+    def seed(day: int) -> dict[tuple[str, str, str], int]:
         seen.append(day)
-        return {("alice", "ticketing"): 3} if day == 1 else {}
+        return {("https://idp.example", "alice", "ticketing"): 3} if day == 1 else {}
 
     store = MemoryQuotaStore(seed)
     assert store.consume(1, (demand(),)) == (demand(),)

@@ -128,7 +128,7 @@ class SqliteAuditLog:
     def verify(self) -> ChainReport:
         return self.reader.verify()
 
-    def issued_counts(self, since: float) -> dict[tuple[str, str], int]:
+    def issued_counts(self, since: float) -> dict[tuple[str, str, str], int]:
         return self.reader.issued_counts(since)
 
     def _connect(self) -> sqlite3.Connection:
@@ -248,7 +248,16 @@ class SqliteAuditLog:
                 )
                 prev_hash = hash_
                 credentials.extend(
-                    (c.jti, seq, record.user_id, c.category, c.tool, c.expires_at, record.time)
+                    (
+                        c.jti,
+                        seq,
+                        record.user_issuer,
+                        record.user_id,
+                        c.category,
+                        c.tool,
+                        c.expires_at,
+                        record.time,
+                    )
                     for c in record.credentials
                 )
             if records:

@@ -71,18 +71,19 @@ class SqliteAuditReader:
             checker.finish()
         return verifier.finish(head)
 
-    def issued_counts(self, since: float) -> dict[tuple[str, str], int]:
-        """Credentials issued since ``since`` per (user id, tool category), for quota seeding."""
+    def issued_counts(self, since: float) -> dict[tuple[str, str, str], int]:
+        """Credentials issued since ``since`` per (user issuer, user id, tool category)."""
         sql = (
-            "SELECT user_id, category, COUNT(*) FROM credentials WHERE issued_at >= ?"
-            " AND user_id IS NOT NULL AND category IS NOT NULL GROUP BY user_id, category"
+            "SELECT user_issuer, user_id, category, COUNT(*) FROM credentials"
+            " WHERE issued_at >= ? AND user_issuer IS NOT NULL AND user_id IS NOT NULL"
+            " AND category IS NOT NULL GROUP BY user_issuer, user_id, category"
         )
         with closing(self._reader()) as conn:
             try:
                 rows = conn.execute(sql, (since,)).fetchall()
             except sqlite3.Error as exc:
                 raise StoreUnavailable(UNAVAILABLE) from exc
-        return {(user, category): count for user, category, count in rows}
+        return {(issuer, user, category): n for issuer, user, category, n in rows}
 
     def _reader(self) -> sqlite3.Connection:
         uri = self._path.resolve().as_uri() + "?mode=ro"

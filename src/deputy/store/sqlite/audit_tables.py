@@ -24,9 +24,10 @@ SCHEMA = (
     "CREATE INDEX records_user_id ON records (user_id)",
     "CREATE INDEX records_time ON records (time)",
     "CREATE TABLE credentials ("
-    " jti TEXT PRIMARY KEY, seq INTEGER NOT NULL, user_id TEXT, category TEXT, tool TEXT,"
-    " expires_at INTEGER, issued_at REAL)",
-    "CREATE INDEX credentials_user_category ON credentials (user_id, category, issued_at)",
+    " jti TEXT PRIMARY KEY, seq INTEGER NOT NULL, user_issuer TEXT, user_id TEXT,"
+    " category TEXT, tool TEXT, expires_at INTEGER, issued_at REAL)",
+    "CREATE INDEX credentials_user_category"
+    " ON credentials (user_issuer, user_id, category, issued_at)",
     "CREATE TABLE chain_head ("
     " id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER, hash TEXT, mac TEXT)",
 )
@@ -36,9 +37,10 @@ INSERT_RECORD = (
     " workload_id, user_id, body, prev_hash, hash) VALUES "
 )
 INSERT_CREDENTIAL = (
-    "INSERT INTO credentials (jti, seq, user_id, category, tool, expires_at, issued_at) VALUES "
+    "INSERT INTO credentials (jti, seq, user_issuer, user_id, category, tool, expires_at,"
+    " issued_at) VALUES "
 )
-_COLUMNS = {INSERT_RECORD: 11, INSERT_CREDENTIAL: 7}
+_COLUMNS = {INSERT_RECORD: 11, INSERT_CREDENTIAL: 8}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -72,7 +74,8 @@ RECORD_ROWS_SQL = (
     " agent_instance, workload_id, user_id FROM records ORDER BY seq"
 )
 CREDENTIAL_ROWS_SQL = (
-    "SELECT seq, jti, user_id, category, tool, expires_at, issued_at FROM credentials"
+    "SELECT seq, jti, user_issuer, user_id, category, tool, expires_at, issued_at"
+    " FROM credentials"
     " ORDER BY seq, jti"
 )
 
@@ -170,7 +173,13 @@ class RowChecker:
         for cred in data.get("credentials") or ():
             if not isinstance(cred, dict):
                 return f"record {seq} body holds a malformed credential"
-            key = (cred.get("jti"), data.get("user_id"), cred.get("category"), cred.get("tool"))
+            key = (
+                cred.get("jti"),
+                data.get("user_issuer"),
+                data.get("user_id"),
+                cred.get("category"),
+                cred.get("tool"),
+            )
             expected[(*key, cred.get("expires_at"), data.get("time"))] += 1
         if stored != expected:
             return f"credential rows of record {seq} do not match its hashed body"
