@@ -105,6 +105,13 @@ class RateLimited(OAuthError):
     status_code = 429
 
 
+class ServerError(OAuthError):
+    """RFC 6749 §4.1.2.1 ``server_error``: an unexpected fault; the decision is still audited."""
+
+    error = "server_error"
+    status_code = 500
+
+
 class TemporarilyUnavailable(OAuthError):
     """RFC 6749 §4.1.2.1 ``temporarily_unavailable``: a store is down; fail closed with 503."""
 
@@ -122,3 +129,7 @@ class TokenRejected(DeputyError):
 
 class StoreUnavailable(DeputyError):
     """A storage backend (audit log, counters, keys) could not complete the operation."""
+
+
+class CommitOutcomeUnknown(StoreUnavailable):
+    """An audit append got no answer (writer gone or too slow): the record may still land."""

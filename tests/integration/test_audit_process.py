@@ -101,3 +101,27 @@ async def test_close_commits_what_was_sent(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable):
         await log.append(make_record(99))
     assert open_audit_reader(tmp_path).verify().records == 50
+
+
+async def test_stalled_writer_times_out_then_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deputy.errors import CommitOutcomeUnknown
+    from deputy.store.sqlite import audit_process
+
+    monkeypatch.setattr(audit_process, "COMMIT_TIMEOUT_SECONDS", 0.2)
+    log = open_log(tmp_path)
+    await log.start()
+    child = log._child
+    assert child is not None
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(CommitOutcomeUnknown):
+            await log.append(make_record(1))
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    await log.append(make_record(2))
+    await log.aclose()
+    # the late record landed after all: "outcome unknown" was the honest answer
+    ids = [s.record["decision_id"] for s in open_audit_reader(tmp_path).query(AuditFilter())]
+    assert ids == ["dec-1", "dec-2"]

@@ -368,3 +368,52 @@ def test_issuer_keys_past_staleness_fail_closed_then_recover(tmp_path: Any) -> N
         trust.write_text(saved)
         clock.advance(31)  # the next refetch is allowed
         assert post(client, d.svid(), alice_body(d, tools=["pricing_api"])).status_code == 200
+
+
+def test_unexpected_fault_is_a_recorded_500_without_credentials(
+    deployment: Deployment, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, client = broker
+
+    def broken_mint(**kwargs: Any) -> None:
+        raise RuntimeError("signing hardware on fire")
+
+    monkeypatch.setattr(server.broker.service._minter, "mint", broken_mint)
+    carol = deployment.idp.user_token("carol", "pro")
+    body = {"agent_id": "a", "user_token": carol, "tools": ["ticketing_api"]}
+    response = post(client, deployment.svid(), body)
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "server_error",
+        "error_description": "internal error; nothing was issued",
+    }
+    [record] = records(server)
+    assert record["status"] == 500 and record["error"] == "server_error"
+    assert record["credentials"] == []
+    monkeypatch.undo()
+    # the failed attempt took no quota
+    statuses = [post(client, deployment.svid(), body).status_code for _ in range(21)]
+    assert statuses == [200] * 20 + [429]
+
+
+def test_counter_store_unavailable_fails_closed(
+    deployment: Deployment, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deputy.errors import StoreUnavailable
+
+    server, client = broker
+
+    def unavailable(*args: Any) -> None:
+        raise StoreUnavailable("counters unavailable")
+
+    monkeypatch.setattr(server.broker.service._quota, "consume", unavailable)
+    body = {
+        "agent_id": "a",
+        "user_token": deployment.idp.user_token("carol", "pro"),
+        "tools": ["ticketing_api"],
+    }
+    response = post(client, deployment.svid(), body)
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["error"] == "temporarily_unavailable"
+    [record] = records(server)
+    assert record["status"] == 503 and record["credentials"] == []

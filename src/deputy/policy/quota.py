@@ -74,9 +74,7 @@ class MemoryQuotaStore:
     def _over(
         self, counts: Mapping[tuple[str, str, str], int], demands: tuple[QuotaDemand, ...]
     ) -> tuple[QuotaDemand, ...]:
-        return tuple(
-            d for d in demands if counts.get(d.key, 0) + d.amount > d.limit
-        )
+        return tuple(d for d in demands if counts.get(d.key, 0) + d.amount > d.limit)
 
     def consume(self, day: int, demands: tuple[QuotaDemand, ...]) -> tuple[QuotaDemand, ...]:
         with self._lock:

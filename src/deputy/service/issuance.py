@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,11 +11,13 @@ from deputy.audit.record import DecisionRecord, IssuedCredential
 from deputy.clock import Clock
 from deputy.errors import (
     AccessDenied,
+    CommitOutcomeUnknown,
     InvalidRequest,
     InvalidToken,
     OAuthError,
     RateLimited,
     Reason,
+    ServerError,
     StoreUnavailable,
     TemporarilyUnavailable,
     TokenRejected,
@@ -30,6 +33,8 @@ from deputy.service.request import IssueRequest, decode_json_body, parse_issue_r
 from deputy.tokens.mint import Attribution, Credential, Minter
 
 RETRY_AFTER_UNAVAILABLE = 1
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,21 +160,27 @@ class IssuanceService:
         try:
             return await self._issue(trail, bearer, body)
         except OAuthError as err:
-            version = self._policy.version if trail.workflow else None
-            record = trail.record(
-                status=err.status_code,
-                error=err.error,
-                reasons=err.reasons,
-                policy_version=version,
-            )
-            try:
-                await self._audit.append(record)
-            except StoreUnavailable:
-                raise TemporarilyUnavailable(
-                    "the audit store is unavailable; retry shortly",
-                    retry_after=RETRY_AFTER_UNAVAILABLE,
-                ) from None
+            await self._record_refusal(trail, err)
             raise
+        except Exception:
+            # A fault of Deputy's own: refuse, and still record the decision.
+            _log.exception("issuance failed unexpectedly (decision %s)", trail.decision_id)
+            fault = ServerError("internal error; nothing was issued")
+            await self._record_refusal(trail, fault)
+            raise fault from None
+
+    async def _record_refusal(self, trail: _Trail, err: OAuthError) -> None:
+        """Audit a request that gets no credential; if even that fails, answer 503."""
+        record = trail.record(
+            status=err.status_code,
+            error=err.error,
+            reasons=err.reasons,
+            policy_version=self._policy.version if trail.workflow else None,
+        )
+        try:
+            await self._audit.append(record)
+        except StoreUnavailable:
+            raise _audit_unavailable() from None
 
     async def _issue(self, trail: _Trail, bearer: str | None, body: bytes) -> IssueResult:
         if not bearer:
@@ -191,12 +202,15 @@ class IssuanceService:
         day = utc_day(now)
         assert trail.principal is not None
         demands = self._demands(workflow, trail.principal, request)
-        if not decision.allow:
-            over = self._quota.exceeded(day, demands)
-            raise AccessDenied(
-                "policy denied the request", reasons=decision.reasons + _quota_reasons(over)
-            )
-        over = self._quota.consume(day, demands)
+        try:
+            if not decision.allow:
+                over = self._quota.exceeded(day, demands)
+                raise AccessDenied(
+                    "policy denied the request", reasons=decision.reasons + _quota_reasons(over)
+                )
+            over = self._quota.consume(day, demands)
+        except StoreUnavailable:
+            raise _audit_unavailable() from None
         if over:
             raise RateLimited(
                 "daily issuance limit reached",
@@ -218,12 +232,11 @@ class IssuanceService:
         )
         try:
             await self._audit.append(record)
-        except StoreUnavailable:
-            self._quota.refund(day, demands)
-            raise TemporarilyUnavailable(
-                "the audit store is unavailable; no credential was issued, retry shortly",
-                retry_after=RETRY_AFTER_UNAVAILABLE,
-            ) from None
+        except StoreUnavailable as err:
+            # Refund only what surely was not recorded; an unanswered record may still land.
+            if not isinstance(err, CommitOutcomeUnknown):
+                self._quota.refund(day, demands)
+            raise _audit_unavailable() from None
         # Cancelled while committing: the record may still land, so the quota stays taken.
         return IssueResult(trail.execution_id, trail.decision_id, credentials)
 
@@ -336,6 +349,13 @@ class IssuanceService:
             issued_at=issued_at,
             expires_at=expires_at,
         )
+
+
+def _audit_unavailable() -> TemporarilyUnavailable:
+    return TemporarilyUnavailable(
+        "the audit store is unavailable; nothing was issued, retry shortly",
+        retry_after=RETRY_AFTER_UNAVAILABLE,
+    )
 
 
 def _keys_unavailable() -> TemporarilyUnavailable:

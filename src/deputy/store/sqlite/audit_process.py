@@ -23,12 +23,13 @@ import sys
 from pathlib import Path
 
 from deputy.audit.record import DecisionRecord
-from deputy.errors import StoreUnavailable
+from deputy.errors import CommitOutcomeUnknown, StoreUnavailable
 from deputy.store.sqlite.audit_reader import UNAVAILABLE
 
 FRAME = struct.Struct(">II")
 COMMITTED, FAILED = 0, 1
 CHILD_START_TIMEOUT_SECONDS = 30.0
+COMMIT_TIMEOUT_SECONDS = 5.0  # a stalled writer must not hold requests forever
 
 _log = logging.getLogger(__name__)
 
@@ -52,10 +53,15 @@ class ProcessAuditLog:
         if self._child is None:
             await self._spawn()
         future = asyncio.get_running_loop().create_future()
+        # The answer may come after the caller gave up waiting; it must not go unread.
+        future.add_done_callback(_consume_outcome)
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._send)
         self._pending.append((record, future))
-        await future
+        try:
+            await asyncio.wait_for(asyncio.shield(future), COMMIT_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise CommitOutcomeUnknown(UNAVAILABLE) from None
 
     async def start(self) -> None:
         """Start the writer now rather than on the first append."""
@@ -115,7 +121,7 @@ class ProcessAuditLog:
         finally:
             # Whatever the child had not answered may or may not be committed: not delivered.
             for futures in self._in_flight.values():
-                _fail(futures)
+                _fail(futures, CommitOutcomeUnknown)
             self._in_flight.clear()
             if self._child is child:
                 self._child = None
@@ -135,10 +141,17 @@ class ProcessAuditLog:
             await child.wait()
 
 
-def _fail(futures: list[asyncio.Future[None]]) -> None:
+def _consume_outcome(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _fail(
+    futures: list[asyncio.Future[None]], error: type[StoreUnavailable] = StoreUnavailable
+) -> None:
     for future in futures:
         if not future.done():
-            future.set_exception(StoreUnavailable(UNAVAILABLE))
+            future.set_exception(error(UNAVAILABLE))
 
 
 async def _serve(data_dir: Path) -> None:
