@@ -343,6 +343,7 @@ def test_metadata_jwks_and_health(broker: Broker) -> None:
     meta = client.get("/.well-known/oauth-authorization-server").json()
     assert meta["issuer"] == "https://deputy.internal"
     assert meta["jwks_uri"] == "https://deputy.internal/.well-known/jwks.json"
+    assert meta["access_token_signing_alg_values_supported"] == ["ES256"]
     keys = client.get("/.well-known/jwks.json").json()["keys"]
     assert len(keys) == 1 and keys[0]["kty"] == "EC" and "d" not in keys[0]
 
@@ -417,3 +418,21 @@ def test_counter_store_unavailable_fails_closed(
     assert response.json()["error"] == "temporarily_unavailable"
     [record] = records(server)
     assert record["status"] == 503 and record["credentials"] == []
+
+
+def test_two_authorization_headers_are_refused(deployment: Deployment, broker: Broker) -> None:
+    _, client = broker
+    headers = [("Authorization", "Bearer x"), ("Authorization", f"Bearer {deployment.svid()}")]
+    response = client.post("/issue", json=alice_body(deployment), headers=headers)
+    assert response.status_code == 401 and response.json()["error"] == "invalid_token"
+
+
+def test_unverified_user_is_recorded_as_claimed_only(
+    deployment: Deployment, broker: Broker
+) -> None:
+    server, client = broker
+    body = alice_body(deployment, user_id="bob", user_token="not.a.token")
+    assert post(client, deployment.svid(), body).status_code == 400
+    [record] = records(server)
+    assert record["user_id"] is None and record["claimed_user_id"] == "bob"
+    assert record["delegation"] is None

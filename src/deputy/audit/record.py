@@ -39,6 +39,7 @@ class DecisionRecord:
     agent_instance: str | None = None
     user_id: str | None = None
     user_issuer: str | None = None
+    claimed_user_id: str | None = None  # what the request said, verified or not
     delegation: str | None = None
     tier: str | None = None
     workflow: str | None = None

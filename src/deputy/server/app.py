@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +23,7 @@ from deputy.service.issuance import IssuanceService, RequestContext
 from deputy.service.request import MAX_BODY_BYTES
 
 KEY_RELOAD_INTERVAL_SECONDS = 2.0
+_log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -67,12 +69,15 @@ class IssueEndpoint:
         self._ids = ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        authorization = given_id = None
+        authorizations: list[bytes] = []
+        given_id = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                authorization = value
+                authorizations.append(value)
             elif name == b"x-request-id":
                 given_id = value
+        # Two Authorization headers are ambiguous: neither is taken.
+        authorization = authorizations[0] if len(authorizations) == 1 else None
         rid = request_id(given_id, self._ids)
         client = scope.get("client")
         context = RequestContext(rid, client[0] if client else None)
@@ -90,7 +95,7 @@ class IssueEndpoint:
         await send({"type": "http.response.body", "body": payload})
 
 
-def metadata(issuer: str) -> dict[str, Any]:
+def metadata(issuer: str, signing_alg: str) -> dict[str, Any]:
     """RFC 8414 §2: only what this broker actually supports."""
     return {
         "issuer": issuer,
@@ -99,7 +104,7 @@ def metadata(issuer: str) -> dict[str, Any]:
         "response_types_supported": [],
         "grant_types_supported": [],
         "token_endpoint_auth_methods_supported": [],
-        "access_token_signing_alg_values_supported": ["ES256", "ES384", "RS256", "PS256"],
+        "access_token_signing_alg_values_supported": [signing_alg],
     }
 
 
@@ -115,7 +120,7 @@ def create_app(broker: Broker, clock: Clock) -> Router:
         return JSONResponse(broker.key_ring.jwks(), headers={"Cache-Control": "max-age=60"})
 
     async def oauth_metadata(request: Request) -> Response:
-        return JSONResponse(metadata(broker.settings.issuer))
+        return JSONResponse(metadata(broker.settings.issuer, broker.settings.signing_alg))
 
     async def healthz(request: Request) -> Response:
         if not ready.is_set():
@@ -125,7 +130,10 @@ def create_app(broker: Broker, clock: Clock) -> Router:
     async def reload_keys() -> None:
         while True:
             await asyncio.sleep(KEY_RELOAD_INTERVAL_SECONDS)
-            broker.key_ring.refresh()
+            try:
+                broker.key_ring.refresh()
+            except Exception:  # a rotation caught half-written: the next turn reloads
+                _log.warning("signing keys could not be reloaded; retrying", exc_info=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:

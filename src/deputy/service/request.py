@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from deputy.config.settings import MAX_TTL_SECONDS, SCOPE_PATTERN
@@ -28,7 +28,7 @@ class IssueRequest:
     tools: Mapping[str, tuple[str, ...] | None]
     user_id: str | None = None
     ttl_seconds: int | None = None
-    user_token: str | None = None
+    user_token: str | None = field(default=None, repr=False)
     workflow: str | None = None
 
 

@@ -90,7 +90,11 @@ class KeyRing:
     def active(self) -> SigningKey:
         """The newest key whose activation time has come."""
         now = self._clock.now()
-        usable = [k for k in self._keys if k.activates_at <= now]
+        usable = [
+            k
+            for k in self._keys
+            if k.activates_at <= now and (k.publish_until is None or k.publish_until > now)
+        ]
         if not usable:
             raise LookupError("no active signing key")
         return usable[-1]

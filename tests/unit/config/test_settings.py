@@ -143,6 +143,13 @@ def test_duplicate_yaml_keys_are_rejected(tmp_path: Path) -> None:
         load_settings(path)
 
 
+def test_config_dir_cannot_be_set(tmp_path: Path) -> None:
+    doc = example()
+    doc["config_dir"] = "/etc"
+    with pytest.raises(ConfigError, match="config_dir: unknown key"):
+        parse_settings(doc, tmp_path)
+
+
 def test_missing_file_says_which(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "nope.yaml")

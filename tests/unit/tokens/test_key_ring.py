@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import stat
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
@@ -49,6 +51,17 @@ def test_rotation_publishes_before_use_and_keeps_old_until_expiry(tmp_path: Path
     assert {k["kid"] for k in r.jwks()["keys"]} == {old, new.kid}
     clock.advance(1)
     assert [k["kid"] for k in r.jwks()["keys"]] == [new.kid]
+
+
+def test_a_key_no_longer_published_never_signs(tmp_path: Path) -> None:
+    clock = FakeClock()
+    r = ring(tmp_path, clock)
+    store = FileKeyStore(tmp_path / "keys")
+    [key] = store.load()
+    store.save([replace(key, publish_until=clock.now() - 1)])
+    assert r.refresh()
+    with pytest.raises(LookupError, match="no active signing key"):
+        r.active()
 
 
 def test_running_ring_picks_up_rotation_by_another_process(tmp_path: Path) -> None:
