@@ -79,3 +79,14 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "foo: unknown key" in result.stderr
     assert "tools: " in result.stderr
+
+
+def test_missing_trust_file_stops_serve_with_a_plain_message(tmp_path: Path) -> None:
+    from tests.integration.deployment import write_deployment
+
+    d = write_deployment(tmp_path)
+    (tmp_path / "trust" / "login.jwks.json").unlink()
+    result = deputy("serve", "--config", str(d.config_path), "--port", "0")
+    assert result.returncode == 2
+    assert "login.jwks.json: cannot read: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr

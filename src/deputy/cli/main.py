@@ -11,6 +11,7 @@ import typer
 from deputy.cli import audit, keys
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
 from deputy.clock import SystemClock
+from deputy.errors import ConfigError
 
 app = typer.Typer(
     name="deputy",
@@ -34,11 +35,16 @@ def serve(
     import uvicorn
 
     from deputy.server.app import create_app
-    from deputy.server.wiring import build_broker
+    from deputy.server.wiring import build_broker, check_key_files
 
     settings = load_or_exit(config)
     clock = SystemClock()
-    application = create_app(build_broker(settings, clock), clock)
+    try:
+        check_key_files(settings)
+        application = create_app(build_broker(settings, clock), clock)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     uvicorn.run(
         application,
         host=host or settings.server.host,

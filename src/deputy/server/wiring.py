@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import httpx
 from deputy.clock import Clock
 from deputy.config.loader import is_url
 from deputy.config.settings import Settings
+from deputy.errors import ConfigError
 from deputy.identity import (
     DiscoveryKeySource,
     FileKeySource,
@@ -22,6 +24,7 @@ from deputy.identity import (
     VerifiedTokenCache,
     WorkloadVerifier,
 )
+from deputy.identity.errors import KeySourceError
 from deputy.identity.jwks import KeySource
 from deputy.ids import IdSource
 from deputy.policy.model import Policy, policy_from_settings
@@ -75,8 +78,32 @@ def open_key_ring(settings: Settings, clock: Clock) -> KeyRing:
     return ring
 
 
+def key_files(settings: Settings) -> list[Path]:
+    """Every trust bundle or JWKS that the configuration names as a local file."""
+    locations = [s.bundle for s in settings.agents.spiffe]
+    locations += [o.jwks for o in settings.agents.oidc if o.jwks]
+    locations += [u.jwks for u in settings.users if u.jwks]
+    return [Path(location) for location in locations if not is_url(location)]
+
+
+def check_key_files(settings: Settings) -> None:
+    """Read every local trust file now, so a missing or broken one stops start-up plainly."""
+    for path in key_files(settings):
+        try:
+            asyncio.run(FileKeySource(path).fetch())
+        except KeySourceError as err:
+            raise ConfigError(f"trust file: {err}") from None
+
+
 def build_broker(settings: Settings, clock: Clock) -> Broker:
     """Wire the broker for ``settings``: embedded SQLite audit, file keys, memory counters."""
+    try:
+        return _build_broker(settings, clock)
+    except ValueError as err:  # a trust entry the settings model let through, named here
+        raise ConfigError(f"invalid configuration: {err}") from None
+
+
+def _build_broker(settings: Settings, clock: Clock) -> Broker:
     http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
     caches: list[JwksCache] = []
 
