@@ -21,6 +21,7 @@ MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_DOCUMENT_DEPTH = 16
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
+FETCH_DEADLINE_SECONDS = 10.0
 logger = logging.getLogger(__name__)
 
 
@@ -213,9 +214,12 @@ class JwksCache:
 
     async def _fetch(self) -> KeySet:
         try:
-            keys = await self._source.fetch()
+            # A source that drips bytes must not hold the lock (and the requests) for long.
+            keys = await asyncio.wait_for(self._source.fetch(), FETCH_DEADLINE_SECONDS)
         except KeySourceError:
             raise
+        except TimeoutError:
+            raise KeySourceError(f"{self._source!r}: no answer within the deadline") from None
         except Exception as exc:  # a source's bug must not wipe or bypass the cache
             raise KeySourceError(f"{self._source!r}: {type(exc).__name__}") from exc
         if len(keys) == 0:

@@ -179,8 +179,34 @@ async def test_known_kid_does_not_wait_for_a_slow_refresh(clock: FakeClock) -> N
     clock.advance(301)
     source.gate.clear()
     refresher = asyncio.create_task(cache.key("k1"))
-    await asyncio.sleep(0)
+    for _ in range(3):  # the fetch starts within a few loop turns
+        await asyncio.sleep(0)
     assert source.fetches == 2  # the refresh is in flight...
     assert await asyncio.wait_for(cache.key("k1"), 1) is ONE.get("k1")  # ...and not waited on
     source.gate.set()
     await refresher
+
+
+class HangingSource:
+    """A key endpoint that accepts the connection and never finishes answering."""
+
+    async def fetch(self) -> KeySet:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_fetch_that_never_ends_is_cut_off_and_cached_keys_stay(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deputy.identity import jwks
+
+    monkeypatch.setattr(jwks, "FETCH_DEADLINE_SECONDS", 0.05)
+    cache = JwksCache(FakeKeySource(ONE), clock)
+    await cache.load()
+    cache._source = HangingSource()
+    clock.advance(31)
+    with pytest.raises(TokenRejected, match="unknown key id"):
+        await cache.key("k9")  # refetch attempted, cut off at the deadline
+    assert await cache.key("k1") is ONE.get("k1")
+    with pytest.raises(KeySourceError, match="no answer within the deadline"):
+        await cache.load()
