@@ -117,7 +117,7 @@ def create_app(broker: Broker, clock: Clock) -> Router:
     ready = asyncio.Event()
 
     async def jwks(request: Request) -> Response:
-        return JSONResponse(broker.key_ring.jwks(), headers={"Cache-Control": "max-age=60"})
+        return JSONResponse(broker.key_ring.jwks(), headers={"Cache-Control": "max-age=30"})
 
     async def oauth_metadata(request: Request) -> Response:
         return JSONResponse(metadata(broker.settings.issuer, broker.settings.signing_alg))
