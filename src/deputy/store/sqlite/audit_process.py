@@ -43,7 +43,7 @@ class ProcessAuditLog:
         self._answers: asyncio.Task[None] | None = None
         self._spawning = asyncio.Lock()
         self._pending: list[tuple[DecisionRecord, asyncio.Future[None]]] = []
-        self._in_flight: dict[int, list[asyncio.Future[None]]] = {}
+        self._in_flight: dict[int, tuple[list[asyncio.Future[None]], asyncio.TimerHandle]] = {}
         self._next_frame = 0
         self._closed = False
 
@@ -58,10 +58,7 @@ class ProcessAuditLog:
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._send)
         self._pending.append((record, future))
-        try:
-            await asyncio.wait_for(asyncio.shield(future), COMMIT_TIMEOUT_SECONDS)
-        except TimeoutError:
-            raise CommitOutcomeUnknown(UNAVAILABLE) from None
+        await future
 
     async def start(self) -> None:
         """Start the writer now rather than on the first append."""
@@ -100,8 +97,13 @@ class ProcessAuditLog:
             return
         self._next_frame = (self._next_frame + 1) & 0xFFFFFFFF
         payload = pickle.dumps([r.as_tuple() for r, _ in batch], protocol=pickle.HIGHEST_PROTOCOL)
-        self._in_flight[self._next_frame] = [f for _, f in batch]
+        futures = [f for _, f in batch]
         child.stdin.write(FRAME.pack(self._next_frame, len(payload)) + payload)
+        # One deadline per frame: a stalled writer must not hold its requests forever.
+        deadline = asyncio.get_running_loop().call_later(
+            COMMIT_TIMEOUT_SECONDS, _fail, futures, CommitOutcomeUnknown
+        )
+        self._in_flight[self._next_frame] = (futures, deadline)
 
     async def _read_answers(self, child: asyncio.subprocess.Process) -> None:
         assert child.stdout is not None
@@ -109,18 +111,21 @@ class ProcessAuditLog:
             while True:
                 frame, size = FRAME.unpack(await child.stdout.readexactly(FRAME.size))
                 statuses = await child.stdout.readexactly(size)
-                for future, status in zip(self._in_flight.pop(frame, []), statuses, strict=True):
+                futures, deadline = self._in_flight.pop(frame)
+                deadline.cancel()
+                for future, status in zip(futures, statuses, strict=True):
                     if not future.done():
                         if status == COMMITTED:
                             future.set_result(None)
                         else:
                             future.set_exception(StoreUnavailable(UNAVAILABLE))
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as exc:
             if not self._closed:
                 _log.warning("audit writer stopped: %s", exc)
         finally:
             # Whatever the child had not answered may or may not be committed: not delivered.
-            for futures in self._in_flight.values():
+            for futures, deadline in self._in_flight.values():
+                deadline.cancel()
                 _fail(futures, CommitOutcomeUnknown)
             self._in_flight.clear()
             if self._child is child:
