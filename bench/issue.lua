@@ -17,7 +17,7 @@ request = function()
 end
 if delay_ms > 0 then
   -- jittered pacing, so that connections do not fire in lockstep bursts
-  delay = function() return math.random(math.floor(delay_ms / 2), math.floor(delay_ms * 3 / 2)) end
+  delay = function() return math.random(math.max(0, math.floor(delay_ms / 2)), math.ceil(delay_ms * 3 / 2)) end
 end
 done = function(summary, latency, requests)
   io.write(string.format("non2xx=%d requests=%d rps=%.1f p50_ms=%.2f p99_ms=%.2f\n",

@@ -88,10 +88,12 @@ PACED_CONNECTIONS = 8
 def paced(url: str, requests: Path, seconds: int, target: float) -> dict[str, float]:
     """Run at about ``target`` requests/s: calibrate the per-connection delay, then measure."""
     delay = PACED_CONNECTIONS * 1000 / target
-    for _ in range(3):
-        probe = wrk(url, requests, 2, PACED_CONNECTIONS, max(2, round(delay)))
-        delay = max(2.0, delay * probe["rps"] / target)
-    return wrk(url, requests, seconds, PACED_CONNECTIONS, max(2, round(delay)))
+    for _ in range(5):
+        probe = wrk(url, requests, 2, PACED_CONNECTIONS, max(1, round(delay)))
+        if abs(probe["rps"] - target) <= 0.05 * target:
+            break
+        delay = max(1.0, delay * probe["rps"] / target)
+    return wrk(url, requests, seconds, PACED_CONNECTIONS, max(1, round(delay)))
 
 
 def show(name: str, r: dict[str, float]) -> None:
