@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pickle
 import signal
 import struct
@@ -25,11 +26,13 @@ from pathlib import Path
 from deputy.audit.record import DecisionRecord
 from deputy.errors import CommitOutcomeUnknown, StoreUnavailable
 from deputy.store.sqlite.audit_reader import UNAVAILABLE
+from deputy.store.sqlite.audit_writer import open_audit_writer
 
 FRAME = struct.Struct(">II")
 COMMITTED, FAILED = 0, 1
 CHILD_START_TIMEOUT_SECONDS = 30.0
-COMMIT_TIMEOUT_SECONDS = 5.0  # a stalled writer must not hold requests forever
+COMMIT_TIMEOUT_SECONDS = 5.0
+READ_CHUNK_BYTES = 1 << 20  # a stalled writer must not hold requests forever
 
 _log = logging.getLogger(__name__)
 
@@ -159,39 +162,45 @@ def _fail(
             future.set_exception(error(UNAVAILABLE))
 
 
-async def _serve(data_dir: Path) -> None:
-    """The child: read frames from stdin, commit them, answer on stdout; stop at EOF."""
-    from deputy.store.sqlite.audit import open_audit_log
+def _serve(data_dir: Path, requests: int = 0, answers: int = 1) -> None:
+    """The child: commit what arrived, answer each frame, repeat; stop at end of input.
 
-    loop = asyncio.get_running_loop()
-    requests = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(requests), sys.stdin)
-    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
-    log = open_audit_log(data_dir)
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def commit(frame: int, records: list[DecisionRecord]) -> None:
-        results = await asyncio.gather(*(log.append(r) for r in records), return_exceptions=True)
-        statuses = bytes(COMMITTED if r is None else FAILED for r in results)
-        transport.write(FRAME.pack(frame, len(statuses)) + statuses)
-
-    transport.write(b"\x00")  # ready
+    Everything that arrived while the previous transaction committed is read at once and
+    committed as one transaction: group commit without threads or an event loop.
+    """
+    writer = open_audit_writer(data_dir)
+    buffer = bytearray()
+    _write_all(answers, b"\x00")  # ready
     try:
-        while True:
-            try:
-                frame, size = FRAME.unpack(await requests.readexactly(FRAME.size))
-                rows = pickle.loads(await requests.readexactly(size))  # noqa: S301 - from the parent
-            except asyncio.IncompleteReadError:
-                break
-            records = [DecisionRecord.from_tuple(row) for row in rows]
-            task = asyncio.create_task(commit(frame, records))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
+        while chunk := os.read(requests, READ_CHUNK_BYTES):
+            buffer += chunk
+            frames: list[tuple[int, list[DecisionRecord]]] = []
+            while len(buffer) >= FRAME.size:
+                frame, size = FRAME.unpack_from(buffer)
+                if len(buffer) < FRAME.size + size:
+                    break
+                rows = pickle.loads(buffer[FRAME.size : FRAME.size + size])  # noqa: S301 - parent
+                frames.append((frame, [DecisionRecord.from_tuple(row) for row in rows]))
+                del buffer[: FRAME.size + size]
+            if not frames:
+                continue
+            results = writer.write([record for _, records in frames for record in records])
+            answer = bytearray()
+            for frame, records in frames:
+                statuses = bytes(
+                    COMMITTED if r is None else FAILED for r in results[: len(records)]
+                )
+                results = results[len(records) :]
+                answer += FRAME.pack(frame, len(statuses)) + statuses
+            _write_all(answers, bytes(answer))
     finally:
-        log.close()
-        transport.close()
+        writer.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 if __name__ == "__main__":
@@ -199,4 +208,4 @@ if __name__ == "__main__":
     # SIGTERM must not cut a commit short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    asyncio.run(_serve(Path(sys.argv[1])))
+    _serve(Path(sys.argv[1]))

@@ -1,0 +1,209 @@
+"""The SQLite audit writer: one transaction per batch of hash-chained records."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deputy.audit.chain import GENESIS_HASH, ChainHead, link_hash, record_body
+from deputy.audit.record import DecisionRecord
+from deputy.clock import Clock, SystemClock
+from deputy.errors import StoreUnavailable
+from deputy.store.sqlite.audit_reader import DB_FILE, UNAVAILABLE, open_head_key
+from deputy.store.sqlite.audit_tables import (
+    INSERT_CREDENTIAL,
+    INSERT_RECORD,
+    READ_HEAD,
+    SCHEMA,
+    SCHEMA_VERSION,
+    WRITE_HEAD,
+    head_from_row,
+    insert_rows,
+)
+
+MIN_KEY_BYTES = 16
+_UNAVAILABLE = UNAVAILABLE
+
+_log = logging.getLogger(__name__)
+
+
+class _HeadInvalid(Exception):
+    """The stored chain head is missing or forged; appending would hide the tampering."""
+
+
+class SqliteAuditWriter:
+    """Appends batches to ``audit.db`` (WAL, ``synchronous=FULL``); one thread uses it."""
+
+    def __init__(
+        self,
+        path: Path,
+        head_key: bytes,
+        *,
+        clock: Clock | None = None,
+        busy_timeout_ms: int = 2000,
+        on_connect: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        if len(head_key) < MIN_KEY_BYTES:
+            raise ValueError(f"audit head key must be at least {MIN_KEY_BYTES} bytes")
+        if busy_timeout_ms < 0:
+            raise ValueError("busy_timeout_ms must be >= 0")
+        self._path = path
+        self._head_key = head_key
+        self._clock: Clock = clock or SystemClock()
+        self._timeout = busy_timeout_ms / 1000
+        self._on_connect = on_connect
+        self._conn: sqlite3.Connection | None = None
+        self.commits = 0
+        self._init_schema()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path,
+            timeout=self._timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=512,
+        )
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            if self._on_connect is not None:
+                self._on_connect(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _init_schema(self) -> None:
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(_UNAVAILABLE) from exc
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                for statement in SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(_UNAVAILABLE) from exc
+        finally:
+            conn.close()
+        if version not in (0, SCHEMA_VERSION):
+            raise StoreUnavailable(f"audit store schema version {version} is not supported")
+
+    def write(self, batch: list[DecisionRecord]) -> list[BaseException | None]:
+        """Commit ``batch`` in one transaction; per record, ``None`` or why it was not."""
+        try:
+            return self._commit(batch)
+        except sqlite3.IntegrityError as exc:
+            if len(batch) > 1:
+                # One duplicate id must not fail its neighbours: retry them one by one.
+                return [self.write([record])[0] for record in batch]
+            return [self._unavailable(exc)]
+        except Exception as exc:  # the writer must outlive any one failed batch
+            return [self._unavailable(exc) for _ in batch]
+
+    def _unavailable(self, cause: BaseException) -> StoreUnavailable:
+        _log.warning("audit append failed: %s", cause)
+        error = StoreUnavailable(_UNAVAILABLE)
+        error.__cause__ = cause
+        return error
+
+    def _commit(self, batch: list[DecisionRecord]) -> list[BaseException | None]:
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            seq, prev_hash = self._tip(conn)
+            results: list[BaseException | None] = [None] * len(batch)
+            records: list[tuple[Any, ...]] = []
+            credentials: list[tuple[Any, ...]] = []
+            logged_at = self._clock.now()
+            for index, record in enumerate(batch):
+                try:
+                    body = record_body(record, logged_at)
+                except (TypeError, ValueError) as exc:
+                    results[index] = exc
+                    continue
+                seq += 1
+                hash_ = link_hash(seq, prev_hash, body)
+                records.append(
+                    (
+                        seq,
+                        record.decision_id,
+                        record.time,
+                        record.outcome,
+                        record.execution_id,
+                        record.agent_instance,
+                        record.workload_id,
+                        record.user_id,
+                        body.decode("ascii"),
+                        prev_hash,
+                        hash_,
+                    )
+                )
+                prev_hash = hash_
+                credentials.extend(
+                    (
+                        c.jti,
+                        seq,
+                        record.user_issuer,
+                        record.user_id,
+                        c.category,
+                        c.tool,
+                        c.expires_at,
+                        record.time,
+                    )
+                    for c in record.credentials
+                )
+            if records:
+                # One statement per table and batch: every step releases and retakes the GIL.
+                conn.execute(insert_rows(INSERT_RECORD, len(records)), _flat(records))
+                if credentials:
+                    conn.execute(
+                        insert_rows(INSERT_CREDENTIAL, len(credentials)), _flat(credentials)
+                    )
+                head = ChainHead.sign(self._head_key, seq, prev_hash)
+                conn.execute(WRITE_HEAD, (head.seq, head.hash, head.mac))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    _log.warning("audit rollback failed; sqlite rolls back on the next begin")
+            raise
+        self.commits += 1
+        return results
+
+    def _tip(self, conn: sqlite3.Connection) -> tuple[int, str]:
+        # Read inside the write transaction, so a failed batch or another writer never forks it.
+        head = head_from_row(conn.execute(READ_HEAD).fetchone())
+        if head is None:
+            if conn.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None:
+                raise _HeadInvalid("audit chain head is missing; run verify")
+            return 0, GENESIS_HASH
+        if not head.is_authentic(self._head_key):
+            raise _HeadInvalid("audit chain head does not verify; run verify")
+        return head.seq, head.hash
+
+
+def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
+
+
+def open_audit_writer(data_dir: Path, *, clock: Clock | None = None) -> SqliteAuditWriter:
+    """The writer of the audit log in ``data_dir``, with its head key beside it."""
+    return SqliteAuditWriter(data_dir / DB_FILE, open_head_key(data_dir), clock=clock)
