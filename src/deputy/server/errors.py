@@ -18,8 +18,11 @@ def _quote(value: str) -> str:
     return printable.replace("\\", "\\\\").replace('"', '\\"')
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def json_body(document: Any) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
+    return _ENCODER.encode(document).encode()
 
 
 def render_error(err: OAuthError, request_id: str) -> tuple[int, Headers, bytes]:

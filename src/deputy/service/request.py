@@ -127,13 +127,14 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
 def decode_json_body(raw: bytes) -> object:
-    """Strict JSON: bounded size, UTF-8, no duplicate members, no runaway nesting."""
+    """Strict JSON (RFC 8259 §8.1: UTF-8): bounded size, no duplicate members or runaway nesting."""
     if len(raw) > MAX_BODY_BYTES:
         raise InvalidRequest(f"the body exceeds {MAX_BODY_BYTES} bytes")
     try:
-        return json.loads(
-            raw, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
+        return _DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidRequest("the body is not valid JSON") from None
