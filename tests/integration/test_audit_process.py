@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from deputy.audit.log import AuditFilter
-from deputy.errors import StoreUnavailable
+from deputy.errors import CommitOutcomeUnknown, StoreUnavailable
 from deputy.store.sqlite.audit_process import ProcessAuditLog
 from deputy.store.sqlite.audit_reader import open_audit_reader
 from tests.integration.test_audit_sqlite import IDP, make_record
 
 
 def open_log(data_dir: Path) -> ProcessAuditLog:
-    return ProcessAuditLog(data_dir)
+    return ProcessAuditLog(data_dir, open_audit_reader(data_dir))
 
 
 async def test_concurrent_appends_commit_in_one_chain(tmp_path: Path) -> None:
@@ -78,8 +78,9 @@ async def test_killed_writer_fails_unanswered_records_then_restarts(tmp_path: Pa
         await asyncio.sleep(0)  # the frame goes out on the next loop turn
     assert not pending.done()
     os.kill(child.pid, signal.SIGKILL)
-    with pytest.raises(StoreUnavailable):
-        await pending  # sent but never answered: never reported committed
+    with pytest.raises(StoreUnavailable) as refused:
+        await pending  # sent, never answered, and not in the log: surely not committed
+    assert not isinstance(refused.value, CommitOutcomeUnknown)
     await answers
     await log.append(make_record(2))  # a new writer, no restart of anything else
     assert log._child is not None and log._child.pid != child.pid
@@ -106,7 +107,6 @@ async def test_close_commits_what_was_sent(tmp_path: Path) -> None:
 async def test_stalled_writer_times_out_then_recovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deputy.errors import CommitOutcomeUnknown
     from deputy.store.sqlite import audit_process
 
     monkeypatch.setattr(audit_process, "COMMIT_TIMEOUT_SECONDS", 0.2)

@@ -282,8 +282,9 @@ async def test_full_disk_fails_closed_then_recovers(db: Path) -> None:
         big = make_record(2, reasons=({"rule": "r", "message": "x" * 200_000},))
         with pytest.raises(StoreUnavailable):
             await audit_log.append(big)
-        writer.execute("PRAGMA max_page_count = 1073741823")
+        # the failed batch dropped its connection; the next one opens a fresh one
         await audit_log.append(big)
+        assert len(writers) == 3 and writers[-1] is not writer
         await audit_log.append(make_record(3))
         assert seqs(audit_log) == [1, 2, 3]
         assert audit_log.verify().ok

@@ -436,3 +436,30 @@ def test_unverified_user_is_recorded_as_claimed_only(
     [record] = records(server)
     assert record["user_id"] is None and record["claimed_user_id"] == "bob"
     assert record["delegation"] is None
+
+
+def test_read_only_audit_store_fails_closed_then_recovers(
+    deployment: Deployment, broker: Broker
+) -> None:
+    import subprocess
+
+    server, client = broker
+    body = {
+        "agent_id": "a",
+        "user_token": deployment.idp.user_token("carol", "pro"),
+        "tools": ["ticketing_api"],
+    }
+    assert post(client, deployment.svid(), body).status_code == 200
+    files = [str(p) for p in deployment.settings.data_dir.glob("audit.db*")]
+    subprocess.run(["chattr", "+i", *files], check=True)  # even root cannot write now
+    try:
+        response = post(client, deployment.svid(), body)
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=True)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "access_token" not in response.text
+    # no restart; the refused attempt took no quota: 19 more fit today, then 429
+    statuses = [post(client, deployment.svid(), body).status_code for _ in range(20)]
+    assert statuses == [200] * 19 + [429]
+    assert server.broker.audit_reader.verify().ok

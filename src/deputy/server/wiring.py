@@ -125,8 +125,8 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
         for u in settings.users
     ]
     own = frozenset({settings.issuer})
-    audit = ProcessAuditLog(settings.data_dir)
     reader = open_audit_reader(settings.data_dir)
+    audit = ProcessAuditLog(settings.data_dir, reader)
     key_ring = open_key_ring(settings, clock)
     policy = policy_from_settings(settings)
     ids = IdSource(clock)

@@ -25,11 +25,12 @@ from pathlib import Path
 
 from deputy.audit.record import DecisionRecord
 from deputy.errors import CommitOutcomeUnknown, StoreUnavailable
-from deputy.store.sqlite.audit_reader import UNAVAILABLE
+from deputy.store.sqlite.audit_reader import UNAVAILABLE, SqliteAuditReader
 from deputy.store.sqlite.audit_writer import open_audit_writer
 
 FRAME = struct.Struct(">II")
 COMMITTED, FAILED = 0, 1
+_Pending = tuple[DecisionRecord, "asyncio.Future[None]"]
 CHILD_START_TIMEOUT_SECONDS = 30.0
 COMMIT_TIMEOUT_SECONDS = 5.0
 READ_CHUNK_BYTES = 1 << 20  # a stalled writer must not hold requests forever
@@ -40,13 +41,14 @@ _log = logging.getLogger(__name__)
 class ProcessAuditLog:
     """The :class:`~deputy.audit.log.AuditLog` of a broker: records are committed in a child."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, reader: SqliteAuditReader) -> None:
         self._data_dir = data_dir
+        self._reader = reader
         self._child: asyncio.subprocess.Process | None = None
         self._answers: asyncio.Task[None] | None = None
         self._spawning = asyncio.Lock()
-        self._pending: list[tuple[DecisionRecord, asyncio.Future[None]]] = []
-        self._in_flight: dict[int, tuple[list[asyncio.Future[None]], asyncio.TimerHandle]] = {}
+        self._pending: list[_Pending] = []
+        self._in_flight: dict[int, tuple[list[_Pending], asyncio.TimerHandle]] = {}
         self._next_frame = 0
         self._closed = False
 
@@ -100,13 +102,12 @@ class ProcessAuditLog:
             return
         self._next_frame = (self._next_frame + 1) & 0xFFFFFFFF
         payload = pickle.dumps([r.as_tuple() for r, _ in batch], protocol=pickle.HIGHEST_PROTOCOL)
-        futures = [f for _, f in batch]
         child.stdin.write(FRAME.pack(self._next_frame, len(payload)) + payload)
         # One deadline per frame: a stalled writer must not hold its requests forever.
         deadline = asyncio.get_running_loop().call_later(
-            COMMIT_TIMEOUT_SECONDS, _fail, futures, CommitOutcomeUnknown
+            COMMIT_TIMEOUT_SECONDS, _fail, [f for _, f in batch], CommitOutcomeUnknown
         )
-        self._in_flight[self._next_frame] = (futures, deadline)
+        self._in_flight[self._next_frame] = (batch, deadline)
 
     async def _read_answers(self, child: asyncio.subprocess.Process) -> None:
         assert child.stdout is not None
@@ -114,9 +115,9 @@ class ProcessAuditLog:
             while True:
                 frame, size = FRAME.unpack(await child.stdout.readexactly(FRAME.size))
                 statuses = await child.stdout.readexactly(size)
-                futures, deadline = self._in_flight.pop(frame)
+                batch, deadline = self._in_flight.pop(frame)
                 deadline.cancel()
-                for future, status in zip(futures, statuses, strict=True):
+                for (_, future), status in zip(batch, statuses, strict=True):
                     if not future.done():
                         if status == COMMITTED:
                             future.set_result(None)
@@ -126,13 +127,29 @@ class ProcessAuditLog:
             if not self._closed:
                 _log.warning("audit writer stopped: %s", exc)
         finally:
-            # Whatever the child had not answered may or may not be committed: not delivered.
-            for futures, deadline in self._in_flight.values():
-                deadline.cancel()
-                _fail(futures, CommitOutcomeUnknown)
-            self._in_flight.clear()
             if self._child is child:
                 self._child = None
+            unanswered = [p for batch, deadline in self._in_flight.values() for p in batch]
+            for _, deadline in self._in_flight.values():
+                deadline.cancel()
+            self._in_flight.clear()
+            await child.wait()  # a dead writer commits nothing more: the log now says all
+            self._settle_unanswered(unanswered)
+
+    def _settle_unanswered(self, unanswered: list[_Pending]) -> None:
+        """Look up what the gone writer had not answered: committed, or surely not."""
+        for record, future in unanswered:
+            if future.done():
+                continue
+            try:
+                committed = self._reader.committed(record.decision_id)
+            except StoreUnavailable:
+                future.set_exception(CommitOutcomeUnknown(UNAVAILABLE))
+                continue
+            if committed:
+                future.set_result(None)
+            else:
+                future.set_exception(StoreUnavailable(UNAVAILABLE))
 
     async def aclose(self) -> None:
         """Let the child commit what it was sent, then wait for it to exit."""

@@ -71,6 +71,17 @@ class SqliteAuditReader:
             checker.finish()
         return verifier.finish(head)
 
+    def committed(self, decision_id: str) -> bool:
+        """Whether the record of ``decision_id`` is in the log."""
+        with closing(self._reader()) as conn:
+            try:
+                row = conn.execute(
+                    "SELECT 1 FROM records WHERE decision_id = ?", (decision_id,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(UNAVAILABLE) from exc
+        return row is not None
+
     def issued_counts(self, since: float) -> dict[tuple[str, str, str], int]:
         """Credentials issued since ``since`` per (user issuer, user id, tool category)."""
         sql = (

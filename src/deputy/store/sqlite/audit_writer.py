@@ -60,9 +60,12 @@ class SqliteAuditWriter:
         self._init_schema()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error as exc:  # closing checkpoints the WAL, which can fail too
+                _log.warning("audit store close failed: %s", exc)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -112,6 +115,8 @@ class SqliteAuditWriter:
                 return [self.write([record])[0] for record in batch]
             return [self._unavailable(exc)]
         except Exception as exc:  # the writer must outlive any one failed batch
+            # After an I/O error a connection can stay broken: the next batch opens a new one.
+            self.close()
             return [self._unavailable(exc) for _ in batch]
 
     def _unavailable(self, cause: BaseException) -> StoreUnavailable:
