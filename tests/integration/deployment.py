@@ -41,8 +41,8 @@ class Deployment:
     def svid(self, path: str = SUPPORT, **kw: Any) -> str:
         return self.svids.jwt_svid(path, **kw)
 
-    def k8s_token(self, sub: str = ESCALATION, lifetime: int = 600) -> str:
-        return self.identities.k8s_token(sub, lifetime)
+    def k8s_token(self, sub: str = ESCALATION, lifetime: int = 600, pod: str | None = None) -> str:
+        return self.identities.k8s_token(sub, lifetime, pod)
 
 
 def write_deployment(

@@ -94,9 +94,8 @@ def test_seed_snippet_works_verbatim_against_an_asserted_workflow(
     deployment: Deployment, broker: Broker
 ) -> None:
     server, _ = broker
-    creds = asyncio.run(
-        seed_snippet(server.url, "escalation-1", {"user_id": "dave"}, deployment.k8s_token())
-    )
+    token = deployment.k8s_token(pod="escalation-5d2a-x7k")
+    creds = asyncio.run(seed_snippet(server.url, "escalation-1", {"user_id": "dave"}, token))
     assert {t: c["scope"] for t, c in creds.items()} == {
         "customer_data_api": "accounts:read",
         "ticketing_api": "tickets:write",
@@ -110,6 +109,8 @@ def test_seed_snippet_works_verbatim_against_an_asserted_workflow(
     )
     [record] = records(server)
     assert record["delegation"] == "asserted" and record["user_id"] == "dave"
+    assert record["agent_instance"] == "escalation-1"
+    assert record["workload_instance"] == "escalation-5d2a-x7k"
 
 
 def test_credential_never_outlives_the_user_token(deployment: Deployment, broker: Broker) -> None:

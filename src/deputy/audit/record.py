@@ -36,7 +36,8 @@ class DecisionRecord:
     error: str | None = None
     workload_id: str | None = None
     workload_issuer: str | None = None
-    agent_instance: str | None = None
+    agent_instance: str | None = None  # the request's agent_id (self-asserted)
+    workload_instance: str | None = None  # the instance the workload token attests, if any
     user_id: str | None = None
     user_issuer: str | None = None
     claimed_user_id: str | None = None  # what the request said, verified or not

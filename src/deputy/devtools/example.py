@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from deputy.clock import Clock
 from deputy.devtools.signer import LocalIdp, SvidSigner, TokenSigner
@@ -29,10 +30,18 @@ class ExampleIdentities:
     svids: SvidSigner
     k8s: TokenSigner
 
-    def k8s_token(self, sub: str, lifetime: int = 600) -> str:
-        """A Kubernetes-style service-account token for ``sub``."""
+    def k8s_token(self, sub: str, lifetime: int = 600, pod: str | None = None) -> str:
+        """A Kubernetes-style projected service-account token for ``sub`` (and its pod)."""
         now = int(self.k8s.clock.now())
-        claims = {"iss": K8S_ISSUER, "sub": sub, "aud": "deputy", "iat": now, "exp": now + lifetime}
+        claims: dict[str, Any] = {
+            "iss": K8S_ISSUER,
+            "sub": sub,
+            "aud": "deputy",
+            "iat": now,
+            "exp": now + lifetime,
+        }
+        if pod is not None:
+            claims["kubernetes.io"] = {"namespace": "support", "pod": {"name": pod}}
         return self.k8s.sign(claims)
 
 

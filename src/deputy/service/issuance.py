@@ -108,6 +108,7 @@ class _Trail:
             workload_id=wl.id if wl else None,
             workload_issuer=wl.issuer if wl else None,
             agent_instance=req.agent_id if req else None,
+            workload_instance=wl.instance if wl else None,
             user_id=who.user_id if who else None,
             user_issuer=who.issuer if who else None,
             claimed_user_id=req.user_id if req else None,
