@@ -277,6 +277,13 @@ def check_algorithms(algorithms: frozenset[str]) -> None:
         )
 
 
+def check_trust(audience: str, algorithms: frozenset[str]) -> None:
+    """What every configured issuer needs: an audience and an allow-list of algorithms."""
+    if not audience:
+        raise ValueError("audience must not be empty")
+    check_algorithms(algorithms)
+
+
 class KeyLookup(Protocol):
     """Where the verification key for a ``kid`` comes from (a configured issuer's key set)."""
 

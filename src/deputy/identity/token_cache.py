@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TypeVar
 
 from deputy.clock import Clock
+
+_T = TypeVar("_T")
 
 
 class VerifiedTokenCache:
@@ -33,6 +36,13 @@ class VerifiedTokenCache:
             del self._entries[digest]
             return None
         return value
+
+    def get_as(self, token: object, kind: type[_T], max_bytes: int) -> _T | None:
+        """Like :meth:`get`, for a plausible token and a result of type ``kind`` only."""
+        if not isinstance(token, str) or len(token) > max_bytes:
+            return None
+        hit = self.get(token)
+        return hit if isinstance(hit, kind) else None
 
     def put(self, token: str, value: object, expires_at: float) -> None:
         """Remember ``value`` until ``expires_at``; the oldest entry goes when full."""

@@ -10,8 +10,8 @@ from deputy.errors import TokenRejected
 from deputy.identity.jose import (
     ALLOWED_ASYMMETRIC_ALGS,
     MAX_TOKEN_BYTES,
-    check_algorithms,
     check_subject,
+    check_trust,
     check_type,
     client_safe,
     expiry,
@@ -49,9 +49,7 @@ class UserIssuerTrust:
     def __post_init__(self) -> None:
         if not self.issuer:
             raise ValueError("issuer must not be empty")
-        if not self.audience:
-            raise ValueError("audience must not be empty")
-        check_algorithms(self.algorithms)
+        check_trust(self.audience, self.algorithms)
 
 
 class UserVerifier:
@@ -75,9 +73,9 @@ class UserVerifier:
         self._reject_issuers = reject_issuers
 
     async def verify(self, token: str) -> Principal:
-        if self._cache is not None and isinstance(token, str) and len(token) <= MAX_TOKEN_BYTES:
-            hit = self._cache.get(token)
-            if isinstance(hit, Principal):
+        if self._cache is not None:
+            hit = self._cache.get_as(token, Principal, MAX_TOKEN_BYTES)
+            if hit is not None:
                 return hit
         parsed = parse_compact(token)
         check_type(parsed.header, USER_FORBIDDEN_TYPES)

@@ -12,8 +12,8 @@ from deputy.identity.jose import (
     ALLOWED_ASYMMETRIC_ALGS,
     MAX_TOKEN_BYTES,
     ParsedJwt,
-    check_algorithms,
     check_subject,
+    check_trust,
     check_type,
     client_safe,
     expiry,
@@ -55,9 +55,7 @@ class SpiffeTrust:
 
     def __post_init__(self) -> None:
         check_trust_domain(self.trust_domain)
-        check_algorithms(self.algorithms)
-        if not self.audience:
-            raise ValueError("audience must not be empty")
+        check_trust(self.audience, self.algorithms)
 
 
 @dataclass(frozen=True)
@@ -73,9 +71,7 @@ class OidcWorkloadTrust:
         # OIDC Core §2: issuers have no fragment, which keeps "{iss}#{sub}" unambiguous.
         if not self.issuer or "#" in self.issuer:
             raise ValueError("issuer must be a non-empty URL without '#'")
-        check_algorithms(self.algorithms)
-        if not self.audience:
-            raise ValueError("audience must not be empty")
+        check_trust(self.audience, self.algorithms)
 
 
 class WorkloadVerifier:
@@ -97,9 +93,9 @@ class WorkloadVerifier:
         self._reject_issuers = reject_issuers
 
     async def verify(self, token: str) -> Workload:
-        if self._cache is not None and isinstance(token, str) and len(token) <= MAX_TOKEN_BYTES:
-            hit = self._cache.get(token)
-            if isinstance(hit, Workload):
+        if self._cache is not None:
+            hit = self._cache.get_as(token, Workload, MAX_TOKEN_BYTES)
+            if hit is not None:
                 return hit
         parsed = parse_compact(token)
         check_type(parsed.header, WORKLOAD_FORBIDDEN_TYPES)
