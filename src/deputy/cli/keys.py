@@ -23,7 +23,7 @@ def _when(ts: float | None) -> str:
 def list_keys(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Show every key with its activation, retirement and publication times."""
     settings = load_or_exit(config)
-    ring = open_key_ring(settings, SystemClock())
+    ring = open_key_ring(settings, SystemClock(), for_rotation=True)
     for k in ring.all_keys():
         typer.echo(
             f"{k.kid}  {k.alg}  activates {_when(k.activates_at)}  "
@@ -43,7 +43,7 @@ def rotate(
 ) -> None:
     """Add a new signing key; older keys stay published until their last token expires."""
     settings = load_or_exit(config)
-    ring = open_key_ring(settings, SystemClock())
+    ring = open_key_ring(settings, SystemClock(), for_rotation=True)
     max_lifetime = policy_from_settings(settings).max_ttl
     new = ring.rotate(activate_after=activate_after, max_token_lifetime=max_lifetime)
     typer.echo(

@@ -72,9 +72,10 @@ def _source(location: str | None, issuer: str, http: httpx.AsyncClient) -> KeySo
     return FileKeySource(Path(location))
 
 
-def open_key_ring(settings: Settings, clock: Clock) -> KeyRing:
+def open_key_ring(settings: Settings, clock: Clock, *, for_rotation: bool = False) -> KeyRing:
+    """The signing keys in the data dir (created on first use)."""
     ring = KeyRing(FileKeyStore(settings.data_dir / "keys"), clock, settings.signing_alg)
-    ring.load()
+    ring.load(require_configured_alg=not for_rotation)
     return ring
 
 

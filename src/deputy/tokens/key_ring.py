@@ -66,12 +66,22 @@ class KeyRing:
         self._version: object = None
         self._jwks: dict[str, Any] = {"keys": []}
 
-    def load(self) -> None:
-        """Load the keys, creating the first one if the store is empty."""
+    def load(self, *, require_configured_alg: bool = True) -> None:
+        """Load the keys, creating the first one if the store is empty.
+
+        A store without a key of the configured algorithm is refused unless told otherwise
+        (rotation is how such a key gets added), so ``signing_alg`` is never silently ignored.
+        """
         keys = self._store.load()
         if not keys:
             keys = [generate_key(self._alg, self._clock.now())]
             self._store.save(keys)
+        if require_configured_alg and not any(k.alg == self._alg for k in keys):
+            held = ", ".join(sorted({k.alg for k in keys}))
+            raise ValueError(
+                f"signing_alg is {self._alg} but the stored signing keys are {held}; "
+                "run `deputy keys rotate` to add a key for it"
+            )
         self._set(keys)
 
     def refresh(self) -> bool:

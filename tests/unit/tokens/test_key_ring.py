@@ -116,3 +116,16 @@ def test_jtis_are_unique(tmp_path: Path) -> None:
         for _ in range(200)
     }
     assert len(jtis) == 200
+
+
+def test_signing_alg_that_no_stored_key_has_is_refused_until_rotation(tmp_path: Path) -> None:
+    clock = FakeClock()
+    ring(tmp_path, clock)  # an ES256 key
+    es384 = KeyRing(FileKeyStore(tmp_path / "keys"), clock, "ES384")
+    refused = "signing_alg is ES384 but the stored signing keys are ES256; run `deputy keys"
+    with pytest.raises(ValueError, match=refused):
+        es384.load()
+    es384.load(require_configured_alg=False)
+    new = es384.rotate(activate_after=0, max_token_lifetime=300)
+    assert new.alg == "ES384"
+    KeyRing(FileKeyStore(tmp_path / "keys"), clock, "ES384").load()
