@@ -125,3 +125,30 @@ async def test_stalled_writer_times_out_then_recovers(
     # the late record landed after all: "outcome unknown" was the honest answer
     ids = [s.record["decision_id"] for s in open_audit_reader(tmp_path).query(AuditFilter())]
     assert ids == ["dec-1", "dec-2"]
+
+
+async def test_records_do_not_pile_up_behind_a_stalled_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deputy.store.sqlite import audit_process
+
+    monkeypatch.setattr(audit_process, "MAX_UNSENT_BYTES", 0)
+    monkeypatch.setattr(audit_process, "COMMIT_TIMEOUT_SECONDS", 0.2)
+    log = open_log(tmp_path)
+    await log.start()
+    child = log._child
+    assert child is not None
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        big = make_record(1, reasons=({"rule": "r", "message": "x" * 300_000},))
+        stuck = asyncio.ensure_future(log.append(big))  # fills the pipe, then waits
+        for _ in range(3):
+            await asyncio.sleep(0)
+        with pytest.raises(StoreUnavailable) as refused:
+            await log.append(make_record(2))  # refused at once: nothing more is queued
+        assert not isinstance(refused.value, CommitOutcomeUnknown)
+        with pytest.raises(CommitOutcomeUnknown):
+            await stuck
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    await log.aclose()

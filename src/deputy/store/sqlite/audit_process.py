@@ -32,8 +32,9 @@ FRAME = struct.Struct(">II")
 COMMITTED, FAILED = 0, 1
 _Pending = tuple[DecisionRecord, "asyncio.Future[None]"]
 CHILD_START_TIMEOUT_SECONDS = 30.0
-COMMIT_TIMEOUT_SECONDS = 5.0
-READ_CHUNK_BYTES = 1 << 20  # a stalled writer must not hold requests forever
+COMMIT_TIMEOUT_SECONDS = 5.0  # a stalled writer must not hold requests forever
+MAX_UNSENT_BYTES = 16 << 20  # nor let unsent records pile up in memory
+READ_CHUNK_BYTES = 1 << 20
 
 _log = logging.getLogger(__name__)
 
@@ -97,8 +98,13 @@ class ProcessAuditLog:
     def _send(self) -> None:
         batch, self._pending = self._pending, []
         child = self._child
-        if child is None or child.stdin is None or child.stdin.is_closing():
-            _fail([f for _, f in batch])
+        if (
+            child is None
+            or child.stdin is None
+            or child.stdin.is_closing()
+            or child.stdin.transport.get_write_buffer_size() > MAX_UNSENT_BYTES
+        ):
+            _fail([f for _, f in batch])  # never sent: surely not committed
             return
         self._next_frame = (self._next_frame + 1) & 0xFFFFFFFF
         payload = pickle.dumps([r.as_tuple() for r, _ in batch], protocol=pickle.HIGHEST_PROTOCOL)
