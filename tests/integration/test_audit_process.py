@@ -18,7 +18,7 @@ from tests.integration.test_audit_sqlite import IDP, make_record
 
 
 def open_log(data_dir: Path) -> ProcessAuditLog:
-    return ProcessAuditLog(data_dir, open_audit_reader(data_dir))
+    return ProcessAuditLog(data_dir, open_audit_reader(data_dir), "ES256")
 
 
 async def test_concurrent_appends_commit_in_one_chain(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ async def test_duplicate_record_fails_alone(tmp_path: Path) -> None:
         log.append(make_record(1)), log.append(make_record(2)), return_exceptions=True
     )
     await log.aclose()
-    assert isinstance(results[0], StoreUnavailable) and results[1] is None
+    assert isinstance(results[0], StoreUnavailable) and results[1] == ()
     assert open_audit_reader(tmp_path).verify().records == 2
 
 
@@ -152,3 +152,42 @@ async def test_records_do_not_pile_up_behind_a_stalled_writer(
     finally:
         os.kill(child.pid, signal.SIGCONT)
     await log.aclose()
+
+
+async def test_credentials_are_signed_by_the_writer_after_the_commit(tmp_path: Path) -> None:
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+
+    from deputy.clock import SystemClock
+    from deputy.store.key_files import FileKeyStore
+    from deputy.tokens.key_ring import KeyRing
+
+    log = open_log(tmp_path)
+    claims = [{"sub": "alice", "jti": "jti-1"}, {"sub": "alice", "jti": "jti-1b"}]
+    tokens = await log.append(make_record(1), claims)
+    await log.aclose()
+    ring = KeyRing(FileKeyStore(tmp_path / "keys"), SystemClock(), "ES256")
+    ring.load()
+    jwks = KeySet.import_key_set(ring.jwks())
+    decoded = [jwt.decode(t, jwks, algorithms=["ES256"]) for t in tokens]
+    assert [d.claims for d in decoded] == claims
+    assert all(d.header["typ"] == "at+jwt" for d in decoded)
+    assert open_audit_reader(tmp_path).committed("dec-1")
+
+
+async def test_a_record_that_cannot_be_signed_stands_and_nothing_is_issued(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from deputy.store.key_files import FileKeyStore
+
+    log = open_log(tmp_path)
+    await log.start()  # creates the signing key
+    store = FileKeyStore(tmp_path / "keys")
+    [key] = store.load()
+    store.save([replace(key, publish_until=1.0)])  # no key may sign any more
+    with pytest.raises(CommitOutcomeUnknown):
+        await log.append(make_record(1), [{"jti": "jti-1"}])
+    await log.aclose()
+    assert open_audit_reader(tmp_path).committed("dec-1")  # recorded, quota stays taken

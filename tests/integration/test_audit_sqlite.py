@@ -298,7 +298,7 @@ async def test_duplicate_decision_id_fails_alone(log: SqliteAuditLog) -> None:
         log.append(make_record(3)),
         return_exceptions=True,
     )
-    assert results[0] is None and results[2] is None
+    assert results[0] == () and results[2] == ()
     assert isinstance(results[1], StoreUnavailable)
     assert seqs(log) == [1, 2, 3] and log.verify().ok
 
@@ -310,7 +310,7 @@ async def test_unserialisable_record_fails_alone(log: SqliteAuditLog) -> None:
         log.append(make_record(3)),
         return_exceptions=True,
     )
-    assert isinstance(results[1], ValueError) and results[0] is None and results[2] is None
+    assert isinstance(results[1], ValueError) and results[0] == () and results[2] == ()
     assert seqs(log) == [1, 2] and log.verify().ok
 
 
@@ -427,3 +427,17 @@ def test_unknown_schema_version_is_refused(db: Path) -> None:
 def test_short_key_is_refused(db: Path) -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
         SqliteAuditLog(db, b"short")
+
+
+async def test_in_process_log_signs_only_with_a_signer(db: Path, tmp_path: Path) -> None:
+    from deputy.store.key_files import FileKeyStore
+    from deputy.tokens.key_ring import KeyRing
+    from deputy.tokens.mint import TokenSigner
+
+    with SqliteAuditLog(db, KEY) as unsigned, pytest.raises(ValueError, match="no signer"):
+        await unsigned.append(make_record(1), [{"jti": "x"}])
+    ring = KeyRing(FileKeyStore(tmp_path / "keys"), FakeClock(T0), "ES256")
+    ring.load()
+    with SqliteAuditLog(db, KEY, signer=TokenSigner(ring)) as signed:
+        [token] = await signed.append(make_record(2), [{"jti": "jti-2"}])
+        assert token.count(".") == 2 and seqs(signed) == [1]

@@ -377,10 +377,10 @@ def test_unexpected_fault_is_a_recorded_500_without_credentials(
 ) -> None:
     server, client = broker
 
-    def broken_mint(**kwargs: Any) -> None:
-        raise RuntimeError("signing hardware on fire")
+    def broken_draft(**kwargs: Any) -> None:
+        raise RuntimeError("clock of the realm on fire")
 
-    monkeypatch.setattr(server.broker.service._minter, "mint", broken_mint)
+    monkeypatch.setattr(server.broker.service._minter, "draft", broken_draft)
     carol = deployment.idp.user_token("carol", "pro")
     body = {"agent_id": "a", "user_token": carol, "tools": ["ticketing_api"]}
     response = post(client, deployment.svid(), body)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from deputy.audit.record import DecisionRecord, StoredRecord
 
@@ -47,8 +47,15 @@ class AuditReader(Protocol):
 class AuditLog(Protocol):
     """Append-only, hash-chained decision log."""
 
-    async def append(self, record: DecisionRecord) -> None:
-        """Return once the record is durably committed; raise ``StoreUnavailable`` if not."""
+    async def append(
+        self, record: DecisionRecord, claims: Sequence[Mapping[str, Any]] = ()
+    ) -> tuple[str, ...]:
+        """Commit ``record`` durably, then sign the ``claims`` of its credentials.
+
+        Returns the signed tokens, in order, only once the record is committed; raises
+        ``StoreUnavailable`` if it is not (``CommitOutcomeUnknown`` if it may yet be).
+        Signing after the commit is what makes "no credential without its record" hold.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -30,7 +30,7 @@ from deputy.ids import IdSource
 from deputy.policy.model import Policy, policy_from_settings
 from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore
 from deputy.service.issuance import IssuanceService
-from deputy.store.key_files import FileKeyStore
+from deputy.store.key_files import KEYS_DIR, FileKeyStore
 from deputy.store.sqlite.audit_process import ProcessAuditLog
 from deputy.store.sqlite.audit_reader import SqliteAuditReader, open_audit_reader
 from deputy.tokens.key_ring import KeyRing
@@ -74,7 +74,7 @@ def _source(location: str | None, issuer: str, http: httpx.AsyncClient) -> KeySo
 
 def open_key_ring(settings: Settings, clock: Clock, *, for_rotation: bool = False) -> KeyRing:
     """The signing keys in the data dir (created on first use)."""
-    ring = KeyRing(FileKeyStore(settings.data_dir / "keys"), clock, settings.signing_alg)
+    ring = KeyRing(FileKeyStore(settings.data_dir / KEYS_DIR), clock, settings.signing_alg)
     ring.load(require_configured_alg=not for_rotation)
     return ring
 
@@ -127,7 +127,7 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
     ]
     own = frozenset({settings.issuer})
     reader = open_audit_reader(settings.data_dir)
-    audit = ProcessAuditLog(settings.data_dir, reader)
+    audit = ProcessAuditLog(settings.data_dir, reader, settings.signing_alg)
     key_ring = open_key_ring(settings, clock)
     policy = policy_from_settings(settings)
     ids = IdSource(clock)
@@ -139,7 +139,7 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
         ),
         users=UserVerifier(users, clock, cache=VerifiedTokenCache(clock), reject_issuers=own),
         quota=quota,
-        minter=Minter(key_ring, settings.issuer, ids),
+        minter=Minter(settings.issuer, ids),
         audit=audit,
         clock=clock,
         ids=ids,

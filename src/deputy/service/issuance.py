@@ -30,7 +30,7 @@ from deputy.policy.engine import Decision, Grant, Subject, decide
 from deputy.policy.model import Policy, Workflow
 from deputy.policy.quota import QuotaDemand, QuotaStore, seconds_until_next_day, utc_day
 from deputy.service.request import IssueRequest, decode_json_body, parse_issue_request
-from deputy.tokens.mint import Attribution, Credential, Minter
+from deputy.tokens.mint import Attribution, Credential, CredentialDraft, Minter
 
 RETRY_AFTER_UNAVAILABLE = 1
 
@@ -220,26 +220,28 @@ class IssuanceService:
                 retry_after=seconds_until_next_day(now),
             )
         try:
-            credentials = self._mint(trail, workflow, subject, decision)
+            drafts = self._draft(trail, workflow, subject, decision)
         except Exception:
             self._quota.refund(day, demands)
             raise
         record = trail.record(
             status=200,
             credentials=tuple(
-                IssuedCredential(c.jti, c.tool, c.audience, c.scope, c.category, c.expires_at)
-                for c in credentials
+                IssuedCredential(d.jti, d.tool, d.audience, d.scope, d.category, d.expires_at)
+                for d in drafts
             ),
             policy_version=decision.policy_version,
         )
         try:
-            await self._audit.append(record)
+            # Signed only once the record is committed: no credential without its record.
+            tokens = await self._audit.append(record, [d.claims for d in drafts])
         except StoreUnavailable as err:
             # Refund only what surely was not recorded; an unanswered record may still land.
             if not isinstance(err, CommitOutcomeUnknown):
                 self._quota.refund(day, demands)
             raise _audit_unavailable() from None
         # Cancelled while committing: the record may still land, so the quota stays taken.
+        credentials = tuple(d.signed(t) for d, t in zip(drafts, tokens, strict=True))
         return IssueResult(trail.execution_id, trail.decision_id, credentials)
 
     def _select_workflow(self, workload: Workload, name: str | None) -> Workflow:
@@ -320,9 +322,9 @@ class IssuanceService:
             if category in workflow.rate_limits
         )
 
-    def _mint(
+    def _draft(
         self, trail: _Trail, workflow: Workflow, subject: Subject, decision: Decision
-    ) -> tuple[Credential, ...]:
+    ) -> tuple[CredentialDraft, ...]:
         assert trail.request is not None and trail.principal is not None
         issued_at = int(trail.time)
         expires_at = issued_at + decision.ttl
@@ -337,12 +339,12 @@ class IssuanceService:
             decision_id=trail.decision_id,
             delegation=subject.delegation,
         )
-        return tuple(self._mint_one(g, who, issued_at, expires_at) for g in decision.grants)
+        return tuple(self._draft_one(g, who, issued_at, expires_at) for g in decision.grants)
 
-    def _mint_one(
+    def _draft_one(
         self, grant: Grant, who: Attribution, issued_at: int, expires_at: int
-    ) -> Credential:
-        return self._minter.mint(
+    ) -> CredentialDraft:
+        return self._minter.draft(
             tool=grant.tool.name,
             audience=grant.tool.audience,
             scope=grant.scope,

@@ -12,6 +12,7 @@ from joserfc.jwk import ECKey, RSAKey
 from deputy.tokens.key_ring import SigningKey
 
 MANIFEST = "keys.json"
+KEYS_DIR = "keys"  # under the data dir
 
 
 def write_private(path: Path, data: bytes) -> None:

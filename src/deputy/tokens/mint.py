@@ -54,31 +54,40 @@ def compact_json(document: dict[str, Any]) -> bytes:
     return _ENCODER.encode(document).encode()
 
 
-class Minter:
-    """Signs credentials with the key ring's active key."""
+@dataclass(frozen=True, slots=True)
+class CredentialDraft:
+    """A credential before its signature: the claims, and what the audit keeps of it."""
 
-    def __init__(self, key_ring: KeyRing, issuer: str, ids: IdSource) -> None:
-        self._key_ring = key_ring
+    tool: str
+    jti: str
+    audience: str
+    scope: str
+    category: str
+    issued_at: int
+    expires_at: int
+    claims: dict[str, Any] = field(repr=False)
+
+    def signed(self, token: str) -> Credential:
+        return Credential(
+            self.tool,
+            self.jti,
+            self.audience,
+            self.scope,
+            self.category,
+            self.issued_at,
+            self.expires_at,
+            token,
+        )
+
+
+class Minter:
+    """Builds the claims of each credential; signing happens where the record is committed."""
+
+    def __init__(self, issuer: str, ids: IdSource) -> None:
         self._ids = ids
         self._issuer = issuer
-        self._prepared: dict[str, tuple[bytes, Callable[[bytes], bytes]]] = {}
 
-    def _prepare(self, key: SigningKey) -> tuple[bytes, Callable[[bytes], bytes]]:
-        """The encoded protected header and the signer, made once per key."""
-        prepared = self._prepared.get(key.kid)
-        if prepared is None:
-            header = {"alg": key.alg, "typ": TOKEN_TYPE_HEADER, "kid": key.kid}
-            prepared = (b64url(compact_json(header)), signer_for(key.alg, key.key))
-            self._prepared[key.kid] = prepared
-        return prepared
-
-    def sign(self, key: SigningKey, claims: dict[str, Any]) -> str:
-        """RFC 7515 §7.1 compact serialization."""
-        header, signer = self._prepare(key)
-        signing_input = header + b"." + b64url(compact_json(claims))
-        return (signing_input + b"." + b64url(signer(signing_input))).decode("ascii")
-
-    def mint(
+    def draft(
         self,
         *,
         tool: str,
@@ -88,9 +97,8 @@ class Minter:
         who: Attribution,
         issued_at: int,
         expires_at: int,
-    ) -> Credential:
+    ) -> CredentialDraft:
         """RFC 9068 §2.2 claims plus RFC 8693 §4.1 ``act`` naming the agent workload."""
-        key = self._key_ring.active()
         jti = self._ids.token()
         claims: dict[str, Any] = {
             "iss": self._issuer,
@@ -108,5 +116,27 @@ class Minter:
             "decision_id": who.decision_id,
             "delegation": who.delegation,
         }
-        token = self.sign(key, claims)
-        return Credential(tool, jti, audience, scope, category, issued_at, expires_at, token)
+        return CredentialDraft(tool, jti, audience, scope, category, issued_at, expires_at, claims)
+
+
+class TokenSigner:
+    """Signs claims as RFC 9068 JWTs with the key ring's active key."""
+
+    def __init__(self, key_ring: KeyRing) -> None:
+        self._key_ring = key_ring
+        self._prepared: dict[str, tuple[bytes, Callable[[bytes], bytes]]] = {}
+
+    def _prepare(self, key: SigningKey) -> tuple[bytes, Callable[[bytes], bytes]]:
+        """The encoded protected header and the signer, made once per key."""
+        prepared = self._prepared.get(key.kid)
+        if prepared is None:
+            header = {"alg": key.alg, "typ": TOKEN_TYPE_HEADER, "kid": key.kid}
+            prepared = (b64url(compact_json(header)), signer_for(key.alg, key.key))
+            self._prepared[key.kid] = prepared
+        return prepared
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """RFC 7515 §7.1 compact serialization, signed by the active key."""
+        header, signer = self._prepare(self._key_ring.active())
+        signing_input = header + b"." + b64url(compact_json(claims))
+        return (signing_input + b"." + b64url(signer(signing_input))).decode("ascii")

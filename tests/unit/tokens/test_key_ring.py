@@ -12,7 +12,7 @@ from deputy.clock import FakeClock
 from deputy.ids import IdSource
 from deputy.store.key_files import FileKeyStore
 from deputy.tokens.key_ring import KeyRing
-from deputy.tokens.mint import Attribution, Minter
+from deputy.tokens.mint import Attribution, Minter, TokenSigner
 
 WHO = Attribution(
     "alice", "spiffe://prod.example/agents/a", "inst-1", "exe_1", "wf", "dec_1", "user_token"
@@ -77,7 +77,7 @@ def test_running_ring_picks_up_rotation_by_another_process(tmp_path: Path) -> No
 def test_minted_token_is_rfc9068_and_verifies_with_jwks(tmp_path: Path) -> None:
     clock = FakeClock()
     r = ring(tmp_path, clock)
-    cred = Minter(r, "https://deputy.internal", IdSource(FakeClock())).mint(
+    draft = Minter("https://deputy.internal", IdSource(FakeClock())).draft(
         tool="crm",
         audience="https://crm.internal",
         scope="accounts:read",
@@ -86,6 +86,7 @@ def test_minted_token_is_rfc9068_and_verifies_with_jwks(tmp_path: Path) -> None:
         issued_at=1000,
         expires_at=1300,
     )
+    cred = draft.signed(TokenSigner(r).sign(draft.claims))
     token = jwt.decode(cred.token, KeySet.import_key_set(r.jwks()), algorithms=["ES256"])
     assert token.header == {"alg": "ES256", "typ": "at+jwt", "kid": r.active().kid}
     assert token.claims == {
@@ -108,9 +109,9 @@ def test_minted_token_is_rfc9068_and_verifies_with_jwks(tmp_path: Path) -> None:
 
 
 def test_jtis_are_unique(tmp_path: Path) -> None:
-    minter = Minter(ring(tmp_path, FakeClock()), "https://deputy.internal", IdSource(FakeClock()))
+    minter = Minter("https://deputy.internal", IdSource(FakeClock()))
     jtis = {
-        minter.mint(
+        minter.draft(
             tool="t", audience="a", scope="s", category="c", who=WHO, issued_at=0, expires_at=1
         ).jti
         for _ in range(200)

@@ -7,9 +7,10 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from deputy.audit.log import AuditFilter, ChainReport
 from deputy.audit.record import DecisionRecord, StoredRecord
@@ -17,6 +18,7 @@ from deputy.clock import Clock
 from deputy.errors import StoreUnavailable
 from deputy.store.sqlite.audit_reader import DB_FILE, UNAVAILABLE, SqliteAuditReader, open_head_key
 from deputy.store.sqlite.audit_writer import SqliteAuditWriter
+from deputy.tokens.mint import TokenSigner
 
 _UNAVAILABLE = UNAVAILABLE
 
@@ -38,6 +40,7 @@ class SqliteAuditLog:
         busy_timeout_ms: int = 2000,
         max_batch: int = 256,
         on_connect: Callable[[sqlite3.Connection], None] | None = None,
+        signer: TokenSigner | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -45,6 +48,7 @@ class SqliteAuditLog:
             path, head_key, clock=clock, busy_timeout_ms=busy_timeout_ms, on_connect=on_connect
         )
         self._max_batch = max_batch
+        self._signer = signer
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
@@ -57,8 +61,12 @@ class SqliteAuditLog:
         """Transactions committed so far by the writer (one per batch)."""
         return self._writer.commits
 
-    async def append(self, record: DecisionRecord) -> None:
-        """Return once the record is durably committed; raise ``StoreUnavailable`` if not."""
+    async def append(
+        self, record: DecisionRecord, claims: Sequence[Mapping[str, Any]] = ()
+    ) -> tuple[str, ...]:
+        """Commit ``record``, then sign ``claims`` with the signer (see ``AuditLog``)."""
+        if claims and self._signer is None:
+            raise ValueError("this audit log has no signer for credentials")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -66,6 +74,10 @@ class SqliteAuditLog:
                 raise StoreUnavailable(_UNAVAILABLE)
             self._queue.put((record, loop, future))
         await future
+        if not claims:
+            return ()
+        assert self._signer is not None
+        return tuple(self._signer.sign(dict(c)) for c in claims)
 
     def close(self) -> None:
         """Commit everything already appended, then stop the writer thread."""

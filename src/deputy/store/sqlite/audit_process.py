@@ -21,16 +21,24 @@ import pickle
 import signal
 import struct
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from deputy.audit.record import DecisionRecord
+from deputy.clock import SystemClock
 from deputy.errors import CommitOutcomeUnknown, StoreUnavailable
+from deputy.store.key_files import KEYS_DIR, FileKeyStore
 from deputy.store.sqlite.audit_reader import UNAVAILABLE, SqliteAuditReader
 from deputy.store.sqlite.audit_writer import open_audit_writer
+from deputy.tokens.key_ring import KeyRing
+from deputy.tokens.mint import TokenSigner
 
 FRAME = struct.Struct(">II")
-COMMITTED, FAILED = 0, 1
-_Pending = tuple[DecisionRecord, "asyncio.Future[None]"]
+COMMITTED, FAILED, UNSIGNED = 0, 1, 2  # UNSIGNED: committed, but signing failed
+Claims = Sequence[Mapping[str, Any]]
+_Tokens = tuple[str, ...]
+_Pending = tuple[DecisionRecord, Claims, "asyncio.Future[_Tokens]"]
 CHILD_START_TIMEOUT_SECONDS = 30.0
 COMMIT_TIMEOUT_SECONDS = 5.0  # a stalled writer must not hold requests forever
 MAX_UNSENT_BYTES = 16 << 20  # nor let unsent records pile up in memory
@@ -42,9 +50,10 @@ _log = logging.getLogger(__name__)
 class ProcessAuditLog:
     """The :class:`~deputy.audit.log.AuditLog` of a broker: records are committed in a child."""
 
-    def __init__(self, data_dir: Path, reader: SqliteAuditReader) -> None:
+    def __init__(self, data_dir: Path, reader: SqliteAuditReader, signing_alg: str) -> None:
         self._data_dir = data_dir
         self._reader = reader
+        self._signing_alg = signing_alg
         self._child: asyncio.subprocess.Process | None = None
         self._answers: asyncio.Task[None] | None = None
         self._spawning = asyncio.Lock()
@@ -53,18 +62,19 @@ class ProcessAuditLog:
         self._next_frame = 0
         self._closed = False
 
-    async def append(self, record: DecisionRecord) -> None:
+    async def append(self, record: DecisionRecord, claims: Claims = ()) -> _Tokens:
+        """Commit ``record``; the writer then signs ``claims`` with the active signing key."""
         if self._closed:
             raise StoreUnavailable(UNAVAILABLE)
         if self._child is None:
             await self._spawn()
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Tokens] = asyncio.get_running_loop().create_future()
         # The answer may come after the caller gave up waiting; it must not go unread.
         future.add_done_callback(_consume_outcome)
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._send)
-        self._pending.append((record, future))
-        await future
+        self._pending.append((record, claims, future))
+        return await future
 
     async def start(self) -> None:
         """Start the writer now rather than on the first append."""
@@ -80,6 +90,7 @@ class ProcessAuditLog:
                     "-m",
                     __name__,
                     str(self._data_dir),
+                    self._signing_alg,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                 )
@@ -104,14 +115,15 @@ class ProcessAuditLog:
             or child.stdin.is_closing()
             or child.stdin.transport.get_write_buffer_size() > MAX_UNSENT_BYTES
         ):
-            _fail([f for _, f in batch])  # never sent: surely not committed
+            _fail([f for _, _, f in batch])  # never sent: surely not committed
             return
         self._next_frame = (self._next_frame + 1) & 0xFFFFFFFF
-        payload = pickle.dumps([r.as_tuple() for r, _ in batch], protocol=pickle.HIGHEST_PROTOCOL)
+        rows = [(r.as_tuple(), [dict(c) for c in claims]) for r, claims, _ in batch]
+        payload = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
         child.stdin.write(FRAME.pack(self._next_frame, len(payload)) + payload)
         # One deadline per frame: a stalled writer must not hold its requests forever.
         deadline = asyncio.get_running_loop().call_later(
-            COMMIT_TIMEOUT_SECONDS, _fail, [f for _, f in batch], CommitOutcomeUnknown
+            COMMIT_TIMEOUT_SECONDS, _fail, [f for _, _, f in batch], CommitOutcomeUnknown
         )
         self._in_flight[self._next_frame] = (batch, deadline)
 
@@ -120,16 +132,25 @@ class ProcessAuditLog:
         try:
             while True:
                 frame, size = FRAME.unpack(await child.stdout.readexactly(FRAME.size))
-                statuses = await child.stdout.readexactly(size)
+                answers = pickle.loads(await child.stdout.readexactly(size))  # noqa: S301
                 batch, deadline = self._in_flight.pop(frame)
                 deadline.cancel()
-                for (_, future), status in zip(batch, statuses, strict=True):
-                    if not future.done():
-                        if status == COMMITTED:
-                            future.set_result(None)
-                        else:
-                            future.set_exception(StoreUnavailable(UNAVAILABLE))
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as exc:
+                for (_, _, future), (status, tokens) in zip(batch, answers, strict=True):
+                    if future.done():
+                        continue
+                    if status == COMMITTED:
+                        future.set_result(tuple(tokens))
+                    elif status == UNSIGNED:  # recorded, so the quota stays taken
+                        future.set_exception(CommitOutcomeUnknown(UNAVAILABLE))
+                    else:
+                        future.set_exception(StoreUnavailable(UNAVAILABLE))
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            ValueError,
+            KeyError,
+            pickle.UnpicklingError,
+        ) as exc:
             if not self._closed:
                 _log.warning("audit writer stopped: %s", exc)
         finally:
@@ -143,17 +164,16 @@ class ProcessAuditLog:
             self._settle_unanswered(unanswered)
 
     def _settle_unanswered(self, unanswered: list[_Pending]) -> None:
-        """Look up what the gone writer had not answered: committed, or surely not."""
-        for record, future in unanswered:
+        """Look up what the gone writer had not answered: recorded (tokens lost), or not."""
+        for record, _, future in unanswered:
             if future.done():
                 continue
             try:
                 committed = self._reader.committed(record.decision_id)
             except StoreUnavailable:
-                future.set_exception(CommitOutcomeUnknown(UNAVAILABLE))
-                continue
+                committed = True  # unknown: keep the quota
             if committed:
-                future.set_result(None)
+                future.set_exception(CommitOutcomeUnknown(UNAVAILABLE))
             else:
                 future.set_exception(StoreUnavailable(UNAVAILABLE))
 
@@ -172,52 +192,67 @@ class ProcessAuditLog:
             await child.wait()
 
 
-def _consume_outcome(future: asyncio.Future[None]) -> None:
+def _consume_outcome(future: asyncio.Future[_Tokens]) -> None:
     if not future.cancelled():
         future.exception()
 
 
 def _fail(
-    futures: list[asyncio.Future[None]], error: type[StoreUnavailable] = StoreUnavailable
+    futures: list[asyncio.Future[_Tokens]], error: type[StoreUnavailable] = StoreUnavailable
 ) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(error(UNAVAILABLE))
 
 
-def _serve(data_dir: Path, requests: int = 0, answers: int = 1) -> None:
-    """The child: commit what arrived, answer each frame, repeat; stop at end of input.
+def _serve(data_dir: Path, signing_alg: str, requests: int = 0, answers: int = 1) -> None:
+    """The child: commit what arrived, sign its credentials, answer each frame; until EOF.
 
     Everything that arrived while the previous transaction committed is read at once and
-    committed as one transaction: group commit without threads or an event loop.
+    committed as one transaction: group commit without threads or an event loop. The
+    signing keys live here, so a credential is signed only after its record is committed.
     """
     writer = open_audit_writer(data_dir)
+    ring = KeyRing(FileKeyStore(data_dir / KEYS_DIR), SystemClock(), signing_alg)
+    ring.load(require_configured_alg=False)
+    signer = TokenSigner(ring)
     buffer = bytearray()
     _write_all(answers, b"\x00")  # ready
     try:
         while chunk := os.read(requests, READ_CHUNK_BYTES):
             buffer += chunk
-            frames: list[tuple[int, list[DecisionRecord]]] = []
+            frames: list[tuple[int, list[tuple[DecisionRecord, list[dict[str, Any]]]]]] = []
             while len(buffer) >= FRAME.size:
                 frame, size = FRAME.unpack_from(buffer)
                 if len(buffer) < FRAME.size + size:
                     break
                 rows = pickle.loads(buffer[FRAME.size : FRAME.size + size])  # noqa: S301 - parent
-                frames.append((frame, [DecisionRecord.from_tuple(row) for row in rows]))
+                frames.append((frame, [(DecisionRecord.from_tuple(r), c) for r, c in rows]))
                 del buffer[: FRAME.size + size]
             if not frames:
                 continue
-            results = writer.write([record for _, records in frames for record in records])
+            ring.refresh()  # a rotation by `deputy keys rotate` is seen at the next batch
+            outcomes = iter(writer.write([r for _, items in frames for r, _ in items]))
             answer = bytearray()
-            for frame, records in frames:
-                statuses = bytes(
-                    COMMITTED if r is None else FAILED for r in results[: len(records)]
-                )
-                results = results[len(records) :]
-                answer += FRAME.pack(frame, len(statuses)) + statuses
+            for frame, items in frames:
+                payload = pickle.dumps([_answer(next(outcomes), c, signer) for _, c in items])
+                answer += FRAME.pack(frame, len(payload)) + payload
             _write_all(answers, bytes(answer))
     finally:
         writer.close()
+
+
+def _answer(
+    outcome: BaseException | None, claims: list[dict[str, Any]], signer: TokenSigner
+) -> tuple[int, list[str]]:
+    """What the parent is told of one record: its status and, if committed, its tokens."""
+    if outcome is not None:
+        return FAILED, []
+    try:
+        return COMMITTED, [signer.sign(c) for c in claims]
+    except Exception as exc:  # e.g. no active key: the record stands, no credential leaves
+        _log.error("credential signing failed after commit: %s", exc)
+        return UNSIGNED, []
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -231,4 +266,4 @@ if __name__ == "__main__":
     # SIGTERM must not cut a commit short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _serve(Path(sys.argv[1]))
+    _serve(Path(sys.argv[1]), sys.argv[2])
