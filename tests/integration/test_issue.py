@@ -464,3 +464,10 @@ def test_read_only_audit_store_fails_closed_then_recovers(
     statuses = [post(client, deployment.svid(), body).status_code for _ in range(20)]
     assert statuses == [200] * 19 + [429]
     assert server.broker.audit_reader.verify().ok
+
+
+def test_the_broker_process_holds_no_private_signing_key(broker: Broker) -> None:
+    server, client = broker
+    keys = server.broker.key_ring.all_keys()
+    assert keys and all(k.key.private_key is None for k in keys)
+    assert client.get("/.well-known/jwks.json").json() == server.broker.key_ring.jwks()

@@ -79,6 +79,20 @@ def open_key_ring(settings: Settings, clock: Clock, *, for_rotation: bool = Fals
     return ring
 
 
+def open_published_keys(settings: Settings, clock: Clock) -> KeyRing:
+    """The broker's view of the signing keys: public keys only.
+
+    The private keys are read by the audit writer process, which signs; the process that
+    parses requests never loads them (beyond creating the first key on a new data dir).
+    """
+    directory = settings.data_dir / KEYS_DIR
+    if FileKeyStore(directory).version() is None:
+        open_key_ring(settings, clock)
+    ring = KeyRing(FileKeyStore(directory, public_only=True), clock, settings.signing_alg)
+    ring.load()
+    return ring
+
+
 def key_files(settings: Settings) -> list[Path]:
     """Every trust bundle or JWKS that the configuration names as a local file."""
     locations = [s.bundle for s in settings.agents.spiffe]
@@ -128,7 +142,7 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
     own = frozenset({settings.issuer})
     reader = open_audit_reader(settings.data_dir)
     audit = ProcessAuditLog(settings.data_dir, reader, settings.signing_alg)
-    key_ring = open_key_ring(settings, clock)
+    key_ring = open_published_keys(settings, clock)
     policy = policy_from_settings(settings)
     ids = IdSource(clock)
     quota = MemoryQuotaStore(lambda day: reader.issued_counts(day * SECONDS_PER_DAY))

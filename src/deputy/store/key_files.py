@@ -28,10 +28,15 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 class FileKeyStore:
-    """Keys under ``<data_dir>/keys``; the directory is created 0700."""
+    """Keys under ``<data_dir>/keys``; the directory is created 0700.
 
-    def __init__(self, directory: Path) -> None:
+    ``public_only`` stores read the public keys from the manifest and never open a private
+    key file: that is the broker's view, which only publishes the JWKS.
+    """
+
+    def __init__(self, directory: Path, *, public_only: bool = False) -> None:
         self._dir = directory
+        self._public_only = public_only
 
     def _ensure_dir(self) -> None:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -50,13 +55,16 @@ class FileKeyStore:
             return []
         keys = []
         for entry in manifest["keys"]:
-            pem = (self._dir / f"{entry['kid']}.pem").read_bytes()
             key_cls = RSAKey if entry["alg"].startswith(("RS", "PS")) else ECKey
+            if self._public_only:
+                key = key_cls.import_key(entry["public"])
+            else:
+                key = key_cls.import_key((self._dir / f"{entry['kid']}.pem").read_bytes())
             keys.append(
                 SigningKey(
                     kid=entry["kid"],
                     alg=entry["alg"],
-                    key=key_cls.import_key(pem),
+                    key=key,
                     created_at=entry["created_at"],
                     activates_at=entry["activates_at"],
                     retired_at=entry.get("retired_at"),
@@ -66,6 +74,8 @@ class FileKeyStore:
         return keys
 
     def save(self, keys: Sequence[SigningKey]) -> None:
+        if self._public_only:
+            raise PermissionError("a public-only key store cannot save keys")
         self._ensure_dir()
         for k in keys:
             pem_path = self._dir / f"{k.kid}.pem"
@@ -80,6 +90,7 @@ class FileKeyStore:
                     "activates_at": k.activates_at,
                     "retired_at": k.retired_at,
                     "publish_until": k.publish_until,
+                    "public": k.key.as_dict(private=False),
                 }
                 for k in keys
             ]

@@ -130,3 +130,16 @@ def test_signing_alg_that_no_stored_key_has_is_refused_until_rotation(tmp_path: 
     new = es384.rotate(activate_after=0, max_token_lifetime=300)
     assert new.alg == "ES384"
     KeyRing(FileKeyStore(tmp_path / "keys"), clock, "ES384").load()
+
+
+def test_public_only_store_never_holds_a_private_key(tmp_path: Path) -> None:
+    clock = FakeClock()
+    signing = ring(tmp_path, clock)
+    signing.rotate(activate_after=0, max_token_lifetime=300)
+    published = KeyRing(FileKeyStore(tmp_path / "keys", public_only=True), clock, "ES256")
+    published.load()
+    assert [k.kid for k in published.all_keys()] == [k.kid for k in signing.all_keys()]
+    assert all(k.key.private_key is None for k in published.all_keys())
+    assert published.jwks() == signing.jwks()
+    with pytest.raises(PermissionError):
+        published.rotate(activate_after=0, max_token_lifetime=300)
