@@ -191,3 +191,21 @@ async def test_a_record_that_cannot_be_signed_stands_and_nothing_is_issued(
         await log.append(make_record(1), [{"jti": "jti-1"}])
     await log.aclose()
     assert open_audit_reader(tmp_path).committed("dec-1")  # recorded, quota stays taken
+
+
+async def test_the_writer_signs_with_a_rotated_key_without_restart(tmp_path: Path) -> None:
+    from joserfc import jws
+
+    from deputy.clock import SystemClock
+    from deputy.store.key_files import FileKeyStore
+    from deputy.tokens.key_ring import KeyRing
+
+    log = open_log(tmp_path)
+    [before] = await log.append(make_record(1), [{"jti": "a"}])
+    ring = KeyRing(FileKeyStore(tmp_path / "keys"), SystemClock(), "ES256")
+    ring.load()
+    new = ring.rotate(activate_after=0, max_token_lifetime=300)  # as `deputy keys rotate`
+    [after] = await log.append(make_record(2), [{"jti": "b"}])
+    await log.aclose()
+    assert jws.extract_compact(after.encode()).protected["kid"] == new.kid
+    assert jws.extract_compact(before.encode()).protected["kid"] != new.kid

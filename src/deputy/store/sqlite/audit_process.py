@@ -231,7 +231,10 @@ def _serve(data_dir: Path, signing_alg: str, requests: int = 0, answers: int = 1
                 del buffer[: FRAME.size + size]
             if not frames:
                 continue
-            ring.refresh()  # a rotation by `deputy keys rotate` is seen at the next batch
+            try:
+                ring.refresh()  # a rotation by `deputy keys rotate` is seen at the next batch
+            except Exception as exc:  # a half-finished rotation: keep signing with what we had
+                _log.warning("signing keys could not be reloaded: %s", exc)
             outcomes = iter(writer.write([r for _, items in frames for r, _ in items]))
             answer = bytearray()
             for frame, items in frames:
