@@ -59,10 +59,8 @@ def parse_settings(document: object, base_dir: Path) -> Settings:
     """Validate a parsed document; relative paths resolve against ``base_dir``."""
     if not isinstance(document, dict):
         raise ConfigError("invalid configuration: the top level must be a mapping of keys")
-    if "config_dir" in document:
-        raise ConfigError("invalid configuration:\n  config_dir: unknown key; remove it")
     try:
-        settings = Settings.model_validate({**document, "config_dir": base_dir})
+        settings = Settings.model_validate(document)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
     agents = settings.agents.model_copy(

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_v
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$"  # RFC 6749 §3.3 scope-token
 MAX_TTL_SECONDS = 86_400
-DEFAULT_MAX_DELEGATION_DEPTH = 4
 
 _LOOPBACK_HTTP = re.compile(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
 
@@ -87,7 +86,6 @@ class Settings(_Strict):
     workflows: dict[Name, WorkflowSettings] = Field(min_length=1)
     server: ServerSettings = ServerSettings()
     signing_alg: Literal["ES256", "ES384", "PS256", "RS256"] = "ES256"
-    config_dir: Path = Path(".")
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:

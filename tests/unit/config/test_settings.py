@@ -143,7 +143,7 @@ def test_duplicate_yaml_keys_are_rejected(tmp_path: Path) -> None:
         load_settings(path)
 
 
-def test_config_dir_cannot_be_set(tmp_path: Path) -> None:
+def test_unknown_top_level_key_is_refused_even_if_internal_sounding(tmp_path: Path) -> None:
     doc = example()
     doc["config_dir"] = "/etc"
     with pytest.raises(ConfigError, match="config_dir: unknown key"):
