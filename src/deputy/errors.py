@@ -132,4 +132,8 @@ class StoreUnavailable(DeputyError):
 
 
 class CommitOutcomeUnknown(StoreUnavailable):
-    """An audit append got no answer (writer gone or too slow): the record may still land."""
+    """An append ended without credentials, but its record may be (or is) committed.
+
+    The writer went away or was too slow, or the record committed and could not be signed:
+    nothing is issued, and whatever the record counts against (quota) stays counted.
+    """

@@ -236,11 +236,11 @@ class IssuanceService:
             # Signed only once the record is committed: no credential without its record.
             tokens = await self._audit.append(record, [d.claims for d in drafts])
         except StoreUnavailable as err:
-            # Refund only what surely was not recorded; an unanswered record may still land.
+            # Refund only what surely was not recorded: a record that may still land (or did,
+            # unsigned) keeps its quota, and so does a cancelled append (not caught here).
             if not isinstance(err, CommitOutcomeUnknown):
                 self._quota.refund(day, demands)
             raise _audit_unavailable() from None
-        # Cancelled while committing: the record may still land, so the quota stays taken.
         credentials = tuple(d.signed(t) for d, t in zip(drafts, tokens, strict=True))
         return IssueResult(trail.execution_id, trail.decision_id, credentials)
 
