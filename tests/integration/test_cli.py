@@ -90,3 +90,21 @@ def test_missing_trust_file_stops_serve_with_a_plain_message(tmp_path: Path) -> 
     assert result.returncode == 2
     assert "login.jwks.json: cannot read: No such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_audit_query_text_cannot_be_forged_by_a_field(tmp_path: Path) -> None:
+    from tests.integration.deployment import running, write_deployment
+
+    d = write_deployment(tmp_path)
+    hostile = "mallory\n2026-01-01T00:00:00+00:00  ALLOW  status=200  user=alice"
+    with running(d) as (_, client):
+        token = d.idp.user_token(hostile, "pro")
+        r = client.post(
+            "/issue",
+            headers={"Authorization": f"Bearer {d.svid()}"},
+            json={"agent_id": "a", "user_token": token, "tools": ["pricing_api"]},
+        )
+        assert r.status_code == 200
+    out = deputy("audit", "query", "--config", str(d.config_path)).stdout
+    assert len(out.splitlines()) == 1
+    assert "user=mallory\\n2026" in out

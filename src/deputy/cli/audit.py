@@ -52,23 +52,33 @@ def verify(config: ConfigOption = DEFAULT_CONFIG) -> None:
     raise typer.Exit(1)
 
 
+def _shown(value: object) -> str:
+    """A field as one safe line: control characters escaped, so no value can forge a line."""
+    if value is None or value == "":
+        return "-"
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _line(record: dict[str, Any]) -> str:
     when = datetime.fromtimestamp(record["time"], UTC).isoformat(timespec="seconds")
-    creds = ", ".join(f"{c['tool']}:{c['jti']}" for c in record.get("credentials", []))
+    creds = ", ".join(
+        f"{_shown(c['tool'])}:{_shown(c['jti'])}" for c in record.get("credentials", [])
+    )
     parts = [
         when,
-        record["outcome"].upper(),
+        _shown(record["outcome"]).upper(),
         f"status={record['status']}",
-        f"workflow={record.get('workflow') or '-'}",
-        f"workload={record.get('workload_id') or '-'}",
-        f"instance={record.get('agent_instance') or '-'}",
-        f"user={record.get('user_id') or '-'} ({record.get('delegation') or '-'})",
-        f"execution={record.get('execution_id') or '-'}",
+        f"workflow={_shown(record.get('workflow'))}",
+        f"workload={_shown(record.get('workload_id'))}",
+        f"instance={_shown(record.get('agent_instance'))}",
+        f"user={_shown(record.get('user_id'))} ({_shown(record.get('delegation'))})",
+        f"execution={_shown(record.get('execution_id'))}",
     ]
     if creds:
         parts.append(f"credentials=[{creds}]")
     for reason in record.get("reasons", []):
-        parts.append(f"\n    {reason['rule']}: {reason['message']}")
+        parts.append(f"\n    {_shown(reason['rule'])}: {_shown(reason['message'])}")
     return "  ".join(parts)
 
 
