@@ -57,13 +57,13 @@ class IssueResult:
     def body(self, now: float) -> dict[str, Any]:
         return {
             "credentials": {
-                c.tool: {
+                c.draft.tool: {
                     "access_token": c.token,
                     "token_type": "Bearer",
-                    "expires_in": max(0, c.expires_at - int(now)),
-                    "expires_at": c.expires_at,
-                    "scope": c.scope,
-                    "audience": c.audience,
+                    "expires_in": max(0, c.draft.expires_at - int(now)),
+                    "expires_at": c.draft.expires_at,
+                    "scope": c.draft.scope,
+                    "audience": c.draft.audience,
                 }
                 for c in self.credentials
             },
@@ -149,10 +149,6 @@ class IssuanceService:
         self._audit = audit
         self._clock = clock
         self._ids = ids
-
-    @property
-    def policy(self) -> Policy:
-        return self._policy
 
     async def issue(self, bearer: str | None, body: bytes, context: RequestContext) -> IssueResult:
         """Run one issuance; every outcome, allowed or denied, is audited before returning."""

@@ -16,20 +16,6 @@ TOKEN_TYPE_HEADER = "at+jwt"  # noqa: S105 - RFC 9068 §2.1 media type, not a se
 
 
 @dataclass(frozen=True, slots=True)
-class Credential:
-    """One minted credential. ``token`` is excluded from ``repr`` so it never reaches a log."""
-
-    tool: str
-    jti: str
-    audience: str
-    scope: str
-    category: str
-    issued_at: int
-    expires_at: int
-    token: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
 class Attribution:
     """Who a credential is for and which execution and decision produced it."""
 
@@ -68,16 +54,15 @@ class CredentialDraft:
     claims: dict[str, Any] = field(repr=False)
 
     def signed(self, token: str) -> Credential:
-        return Credential(
-            self.tool,
-            self.jti,
-            self.audience,
-            self.scope,
-            self.category,
-            self.issued_at,
-            self.expires_at,
-            token,
-        )
+        return Credential(self, token)
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A signed credential. ``token`` is excluded from ``repr`` so it never reaches a log."""
+
+    draft: CredentialDraft
+    token: str = field(repr=False)
 
 
 class Minter:

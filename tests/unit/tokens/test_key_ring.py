@@ -96,7 +96,7 @@ def test_minted_token_is_rfc9068_and_verifies_with_jwks(tmp_path: Path) -> None:
         "client_id": "spiffe://prod.example/agents/a",
         "iat": 1000,
         "exp": 1300,
-        "jti": cred.jti,
+        "jti": cred.draft.jti,
         "scope": "accounts:read",
         "act": {"sub": "spiffe://prod.example/agents/a"},
         "agent_instance": "inst-1",

@@ -20,8 +20,6 @@ from deputy.store.sqlite.audit_reader import DB_FILE, UNAVAILABLE, SqliteAuditRe
 from deputy.store.sqlite.audit_writer import SqliteAuditWriter
 from deputy.tokens.mint import TokenSigner
 
-_UNAVAILABLE = UNAVAILABLE
-
 _log = logging.getLogger(__name__)
 
 _Pending = tuple[DecisionRecord, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
@@ -71,7 +69,7 @@ class SqliteAuditLog:
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
             if self._closed:
-                raise StoreUnavailable(_UNAVAILABLE)
+                raise StoreUnavailable(UNAVAILABLE)
             self._queue.put((record, loop, future))
         await future
         if not claims:
@@ -95,7 +93,7 @@ class SqliteAuditLog:
                 break
             if item is not None:
                 leftovers.append(item)
-        self._settle(leftovers, [StoreUnavailable(_UNAVAILABLE) for _ in leftovers])
+        self._settle(leftovers, [StoreUnavailable(UNAVAILABLE) for _ in leftovers])
 
     async def aclose(self) -> None:
         self.close()

@@ -25,7 +25,6 @@ from deputy.store.sqlite.audit_tables import (
 )
 
 MIN_KEY_BYTES = 16
-_UNAVAILABLE = UNAVAILABLE
 
 _log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ class SqliteAuditWriter:
         try:
             conn = self._connect()
         except sqlite3.Error as exc:
-            raise StoreUnavailable(_UNAVAILABLE) from exc
+            raise StoreUnavailable(UNAVAILABLE) from exc
         try:
             conn.execute("BEGIN IMMEDIATE")
             (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -99,7 +98,7 @@ class SqliteAuditWriter:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreUnavailable(_UNAVAILABLE) from exc
+            raise StoreUnavailable(UNAVAILABLE) from exc
         finally:
             conn.close()
         if version not in (0, SCHEMA_VERSION):
@@ -121,7 +120,7 @@ class SqliteAuditWriter:
 
     def _unavailable(self, cause: BaseException) -> StoreUnavailable:
         _log.warning("audit append failed: %s", cause)
-        error = StoreUnavailable(_UNAVAILABLE)
+        error = StoreUnavailable(UNAVAILABLE)
         error.__cause__ = cause
         return error
 
