@@ -77,6 +77,20 @@ class InvalidClient(OAuthError):
     status_code = 401
 
 
+class UnauthorizedClient(OAuthError):
+    """RFC 6749 §5.2 ``unauthorized_client``: this client may not use this grant or target."""
+
+    error = "unauthorized_client"
+    status_code = 400
+
+
+class UnsupportedGrantType(OAuthError):
+    """RFC 6749 §5.2 ``unsupported_grant_type``."""
+
+    error = "unsupported_grant_type"
+    status_code = 400
+
+
 class AccessDenied(OAuthError):
     """RFC 6749 §4.1.2.1 ``access_denied``: policy said no; ``reasons`` names every rule."""
 

@@ -412,7 +412,7 @@ def test_empty_log_verifies_and_schema_is_versioned(log: SqliteAuditLog, db: Pat
     assert list(log.query(AuditFilter())) == [] and log.issued_counts(0) == {}
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from deputy.audit.record import DecisionRecord, StoredRecord
+from deputy.audit.revocation import Revocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,43 @@ class ChainReport:
     records: int
     first_bad_seq: int | None = None
     problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """An issued credential as its committed record tells it."""
+
+    jti: str
+    tool: str
+    expires_at: int
+    user_issuer: str | None
+    user_id: str | None
+    tier: str | None
+    delegation: str | None
+    workflow: str | None
+    execution_id: str | None
+    workload_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCredentials:
+    """How many unexpired credentials a selector names, for how many users, until when."""
+
+    credentials: int
+    users: int
+    latest_expiry: int | None
+
+
+class Ledger(Protocol):
+    """The issued credentials and the revocations made of them."""
+
+    async def credential(self, jti: str) -> LedgerEntry | None: ...
+
+    async def live(self, selector: str, value: str, now: float) -> LiveCredentials: ...
+
+    async def revocations_after(self, last_id: int, now: float) -> list[Revocation]:
+        """Unexpired revocations with an id above ``last_id``, in id order."""
+        ...
 
 
 class AuditReader(Protocol):

@@ -50,11 +50,17 @@ class DecisionRecord:
     credentials: tuple[IssuedCredential, ...] = ()
     reasons: tuple[dict[str, str], ...] = ()
     policy_version: str | None = None
+    grant_type: str | None = None  # token endpoint grants; None for /issue
+    parent_jti: str | None = None  # the credential a sub-agent exchanged (delegation chain)
+    parent_actors: tuple[str, ...] = ()  # that credential's act chain, newest first
+    requested_by: str | None = None  # who asked for a revocation
+    revocation: dict[str, Any] | None = None  # selector, value, issued_before, expires_at
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["credentials"] = [asdict(c) for c in self.credentials]
         out["reasons"] = [dict(r) for r in self.reasons]
+        out["parent_actors"] = list(self.parent_actors)
         return out
 
     def as_tuple(self) -> tuple[Any, ...]:

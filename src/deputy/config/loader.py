@@ -78,11 +78,20 @@ def parse_settings(document: object, base_dir: Path) -> Settings:
     users = tuple(
         u.model_copy(update={"jwks": u.jwks and _resolve(base_dir, u.jwks)}) for u in settings.users
     )
+    clients = {
+        name: c.model_copy(update={"jwks": c.jwks and _resolve(base_dir, c.jwks)})
+        for name, c in settings.clients.items()
+    }
     data_dir = (
         settings.data_dir if settings.data_dir.is_absolute() else base_dir / settings.data_dir
     )
     return settings.model_copy(
-        update={"agents": agents, "users": users, "data_dir": data_dir.resolve()}
+        update={
+            "agents": agents,
+            "users": users,
+            "clients": clients,
+            "data_dir": data_dir.resolve(),
+        }
     )
 
 

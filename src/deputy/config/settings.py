@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_v
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$"  # RFC 6749 §3.3 scope-token
 MAX_TTL_SECONDS = 86_400
+MAX_DELEGATION_DEPTH = 8
 
 _LOOPBACK_HTTP = re.compile(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
 
@@ -65,11 +66,28 @@ class TtlSettings(_Strict):
 
 class WorkflowSettings(_Strict):
     agents: tuple[StrictStr, ...] = Field(min_length=1)
-    delegation: Literal["user_token", "asserted"] = "user_token"
+    delegation: Literal["user_token", "asserted", "none"] = "user_token"
+    # Sub-agents (workload id patterns) that may exchange this workflow's credentials.
+    delegate_to: tuple[StrictStr, ...] = ()
     tiers: tuple[StrictStr, ...] | None = None
     tools: dict[Name, tuple[Scope, ...]] = Field(min_length=1)
     ttl: TtlSettings = TtlSettings()
     rate_limits: dict[Name, Annotated[StrictInt, Field(ge=0)]] = {}
+
+
+class ClientSettings(_Strict):
+    """A resource server or an operator: authenticates with a secret or a JWT assertion."""
+
+    secret_sha256: Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    jwks: StrictStr | None = None  # file or URL of the keys its RFC 7523 assertions use
+    audiences: tuple[StrictStr, ...] = ()  # introspection shows claims of tokens for these
+    admin: bool = False  # may use the admin API (revocations, kill switch)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> ClientSettings:
+        if (self.secret_sha256 is None) == (self.jwks is None):
+            raise ValueError("give exactly one of `secret_sha256` or `jwks`")
+        return self
 
 
 class ServerSettings(_Strict):
@@ -84,6 +102,8 @@ class Settings(_Strict):
     users: tuple[UserIssuerSettings, ...] = ()
     tools: dict[Name, ToolSettings] = Field(min_length=1)
     workflows: dict[Name, WorkflowSettings] = Field(min_length=1)
+    clients: dict[Name, ClientSettings] = {}
+    max_delegation_depth: Annotated[StrictInt, Field(ge=1, le=MAX_DELEGATION_DEPTH)] = 4
     server: ServerSettings = ServerSettings()
     signing_alg: Literal["ES256", "ES384", "PS256", "RS256"] = "ES256"
 
@@ -117,10 +137,10 @@ class Settings(_Strict):
                 problems.append(
                     f"workflows.{name}.delegation: user_token needs at least one entry in `users`"
                 )
-            if wf.delegation == "asserted" and wf.tiers is not None:
+            if wf.delegation in ("asserted", "none") and wf.tiers is not None:
                 problems.append(
-                    f"workflows.{name}.tiers: an asserted delegation has no verified tier; "
-                    "remove `tiers` or use delegation: user_token"
+                    f"workflows.{name}.tiers: delegation `{wf.delegation}` has no verified "
+                    "tier; remove `tiers` or use delegation: user_token"
                 )
         problems.extend(self._insecure_key_urls())
         if problems:
@@ -136,6 +156,9 @@ class Settings(_Strict):
             *((f"agents.oidc.{i}", o) for i, o in enumerate(self.agents.oidc)),
             *((f"users.{i}", u) for i, u in enumerate(self.users)),
         ]
+        for name, client in self.clients.items():
+            if client.jwks is not None:
+                locations.append((f"clients.{name}.jwks", client.jwks))
         for where, e in issuers:
             key = "jwks" if e.jwks is not None else "issuer (OIDC discovery)"
             locations.append((f"{where}.{key}", e.jwks or e.issuer))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from deputy.clock import Clock
 from deputy.errors import TokenRejected
@@ -31,9 +32,26 @@ class Principal:
 
     user_id: str
     issuer: str
-    how: str  # "user_token" | "asserted"
+    how: str  # "user_token" | "asserted" | "none" (the agent itself)
     tier: str | None = None
     expires_at: float | None = None
+    may_act: str | None = None  # the one workload the token lets act for the user
+
+
+def may_act_of(claims: Mapping[str, Any]) -> str | None:
+    """RFC 8693 §4.4 ``may_act`` as a workload id: a SPIFFE ID, or ``iss#sub``."""
+    value = claims.get("may_act")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("sub"), str) or not value["sub"]:
+        raise TokenRejected("may_act must be an object with a sub")
+    sub: str = value["sub"]
+    iss = value.get("iss")
+    if iss is None or sub.startswith("spiffe://"):
+        return sub
+    if not isinstance(iss, str) or not iss or "#" in iss:
+        raise TokenRejected("may_act iss is not an issuer")
+    return f"{iss}#{sub}"
 
 
 @dataclass(frozen=True)
@@ -104,7 +122,12 @@ class UserVerifier:
         )
         expires_at = expiry(claims)
         principal = Principal(
-            user_id=sub, issuer=iss, how="user_token", tier=tier, expires_at=expires_at
+            user_id=sub,
+            issuer=iss,
+            how="user_token",
+            tier=tier,
+            expires_at=expires_at,
+            may_act=may_act_of(claims),
         )
         if self._cache is not None:
             self._cache.put(token, principal, expires_at)

@@ -34,14 +34,69 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class Chain:
+    """A Deputy credential presented as the subject of a further exchange by a sub-agent."""
+
+    actors: tuple[str, ...]  # its act chain, newest actor first
+    workflow: str
+    audience: str
+    scopes: frozenset[str]
+    delegation: str  # how its user was established: "user_token" | "asserted" | "none"
+
+
+@dataclass(frozen=True, slots=True)
 class Subject:
     """Who the credentials are for, as established before policy runs."""
 
     workload_id: str
     user_id: str | None
     tier: str | None
-    delegation: str  # "user_token" | "asserted"
+    delegation: str  # "user_token" | "asserted" | "none"
     claimed_user_id: str | None = None  # what the request body said, if anything
+    may_act: str | None = None  # the one workload the subject token lets act (RFC 8693 §4.4)
+    chain: Chain | None = None
+
+
+# Which users a workflow accepts from a chain, by how the chain's user was established.
+_CHAIN_USERS = {"user_token": {"user_token"}, "asserted": {"user_token", "asserted"}}
+
+
+def _chain_reasons(policy: Policy, workflow: Workflow, subject: Subject) -> list[Reason]:
+    """Delegation only narrows: allowed sub-agent, bounded depth, no cycle, same users."""
+    chain = subject.chain
+    assert chain is not None
+    reasons: list[Reason] = []
+    me = subject.workload_id
+    parent = policy.workflows.get(chain.workflow)
+    if parent is None or not parent.may_delegate_to(me):
+        reasons.append(
+            Reason(
+                "delegation.sub_agents",
+                f"workflow '{chain.workflow}' does not delegate to workload {me} "
+                "(see its `delegate_to`)",
+            )
+        )
+    if me in chain.actors:
+        reasons.append(
+            Reason("delegation.cycle", f"workload {me} is already in the delegation chain")
+        )
+    if len(chain.actors) + 1 > policy.max_delegation_depth:
+        reasons.append(
+            Reason(
+                "delegation.depth",
+                f"the chain would have {len(chain.actors) + 1} actors; the maximum is "
+                f"{policy.max_delegation_depth}",
+            )
+        )
+    if chain.delegation not in _CHAIN_USERS.get(workflow.delegation, set()):
+        reasons.append(
+            Reason(
+                "delegation.user",
+                f"workflow '{workflow.name}' ({workflow.delegation}) does not accept a chain "
+                f"whose user was established by `{chain.delegation}`",
+            )
+        )
+    return reasons
 
 
 def decide(
@@ -72,6 +127,16 @@ def decide(
                 "user_id in the request does not match the subject of the verified user_token",
             )
         )
+    if subject.may_act is not None and subject.may_act != subject.workload_id:
+        reasons.append(
+            Reason(
+                "delegation.may_act",
+                f"the subject token lets only {subject.may_act} act for its subject",
+            )
+        )
+    chain = subject.chain
+    if chain is not None:
+        reasons.extend(_chain_reasons(policy, workflow, subject))
     if workflow.tiers is not None and subject.tier not in workflow.tiers:
         reasons.append(
             Reason(
@@ -93,9 +158,12 @@ def decide(
                 )
             )
             continue
-        scopes = tuple(sorted(allowed)) if requested is None else requested
+        ceiling = allowed if chain is None else allowed & chain.scopes
+        scopes = tuple(sorted(ceiling)) if requested is None else requested
+        failed = False
         beyond = sorted(set(scopes) - allowed)
         if beyond:
+            failed = True
             reasons.append(
                 Reason(
                     "workflow.scopes",
@@ -103,8 +171,10 @@ def decide(
                     f"'{workflow.name}' grants ({', '.join(sorted(allowed))})",
                 )
             )
-            continue
-        grants.append(Grant(tool, scopes))
+        if chain is not None:
+            failed = _narrows(chain, tool, scopes, reasons) or failed
+        if not failed:
+            grants.append(Grant(tool, scopes))
     ttl = workflow.ttl_default if ttl_seconds is None else ttl_seconds
     if ttl > workflow.ttl_max:
         reasons.append(
@@ -122,3 +192,28 @@ def decide(
         ttl=ttl,
         policy_version=policy.version,
     )
+
+
+def _narrows(chain: Chain, tool: Tool, scopes: tuple[str, ...], reasons: list[Reason]) -> bool:
+    """Append why ``tool`` with ``scopes`` is not within the parent credential; True if so."""
+    failed = False
+    if tool.audience != chain.audience:
+        failed = True
+        reasons.append(
+            Reason(
+                "delegation.audience",
+                f"tool '{tool.name}' ({tool.audience}) is outside the audience of the subject "
+                f"token ({chain.audience})",
+            )
+        )
+    beyond = sorted(set(scopes) - chain.scopes)
+    if not scopes or beyond:
+        failed = True
+        reasons.append(
+            Reason(
+                "delegation.scopes",
+                f"scopes for tool '{tool.name}' must be within the subject token's scopes "
+                f"({', '.join(sorted(chain.scopes)) or 'none'})",
+            )
+        )
+    return failed

@@ -43,13 +43,26 @@ class Workflow:
     ttl_default: int
     ttl_max: int
     rate_limits: Mapping[str, int] = field(default_factory=dict)
+    delegate_to: tuple[str, ...] = ()
 
     @cached_property
     def _pattern(self) -> re.Pattern[str]:
-        return re.compile("|".join(f"(?:{compile_pattern(p).pattern})" for p in self.agents))
+        return _any_of(self.agents)
+
+    @cached_property
+    def _sub_agents(self) -> re.Pattern[str]:
+        return _any_of(self.delegate_to)
 
     def admits(self, workload_id: str) -> bool:
         return self._pattern.match(workload_id) is not None
+
+    def may_delegate_to(self, workload_id: str) -> bool:
+        """Whether a sub-agent may exchange this workflow's credentials for its own."""
+        return bool(self.delegate_to) and self._sub_agents.match(workload_id) is not None
+
+
+def _any_of(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{compile_pattern(p).pattern})" for p in patterns))
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,7 @@ class Policy:
     tools: Mapping[str, Tool]
     workflows: Mapping[str, Workflow]
     version: str
+    max_delegation_depth: int = 4
 
     def workflows_for(self, workload_id: str) -> list[Workflow]:
         return [w for w in self.workflows.values() if w.admits(workload_id)]
@@ -84,11 +98,18 @@ def policy_from_settings(settings: Settings) -> Policy:
             ttl_default=w.ttl.default,
             ttl_max=w.ttl.max,
             rate_limits=dict(w.rate_limits),
+            delegate_to=w.delegate_to,
         )
         for name, w in settings.workflows.items()
     }
     canonical = json.dumps(
-        settings.model_dump(mode="json", include={"tools", "workflows"}), sort_keys=True
+        settings.model_dump(mode="json", include={"tools", "workflows", "max_delegation_depth"}),
+        sort_keys=True,
     )
     version = hashlib.sha256(canonical.encode()).hexdigest()[:12]
-    return Policy(tools=tools, workflows=workflows, version=version)
+    return Policy(
+        tools=tools,
+        workflows=workflows,
+        version=version,
+        max_delegation_depth=settings.max_delegation_depth,
+    )

@@ -19,7 +19,7 @@ from deputy.errors import OAuthError
 from deputy.ids import IdSource
 from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error
 from deputy.server.wiring import Broker
-from deputy.service.issuance import IssuanceService, RequestContext
+from deputy.service.issuance import IssuanceService, JsonIssue, RequestContext
 from deputy.service.request import MAX_BODY_BYTES
 
 KEY_RELOAD_INTERVAL_SECONDS = 2.0
@@ -83,7 +83,9 @@ class IssueEndpoint:
         context = RequestContext(rid, client[0] if client else None)
         body = await read_body(receive, MAX_BODY_BYTES)
         try:
-            result = await self._service.issue(bearer_token(authorization), body, context)
+            result = await self._service.issue(
+                JsonIssue(bearer_token(authorization), body), context
+            )
         except OAuthError as err:
             status, headers, payload = render_error(err, rid)
         else:

@@ -30,11 +30,13 @@ from deputy.ids import IdSource
 from deputy.policy.model import Policy, policy_from_settings
 from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore
 from deputy.service.issuance import IssuanceService
+from deputy.service.revocation import Revocations
 from deputy.store.key_files import KEYS_DIR, FileKeyStore
 from deputy.store.sqlite.audit_process import ProcessAuditLog
 from deputy.store.sqlite.audit_reader import SqliteAuditReader, open_audit_reader
 from deputy.tokens.key_ring import KeyRing
 from deputy.tokens.mint import Minter
+from deputy.tokens.verify import CredentialVerifier
 
 HTTP_TIMEOUT_SECONDS = 5.0
 
@@ -52,6 +54,8 @@ class Broker:
     caches: tuple[JwksCache, ...]
     http: httpx.AsyncClient
     ids: IdSource
+    credentials: CredentialVerifier
+    revocations: Revocations
 
     async def start(self) -> None:
         """Prime every configured key set so the first requests need no fetch."""
@@ -146,6 +150,10 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
     policy = policy_from_settings(settings)
     ids = IdSource(clock)
     quota = MemoryQuotaStore(lambda day: reader.issued_counts(day * SECONDS_PER_DAY))
+    credentials = CredentialVerifier(settings.issuer, key_ring, clock)
+    revocations = Revocations(
+        issuer=settings.issuer, ledger=reader, audit=audit, clock=clock, ids=ids
+    )
     service = IssuanceService(
         policy=policy,
         workloads=WorkloadVerifier(
@@ -157,5 +165,20 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
         audit=audit,
         clock=clock,
         ids=ids,
+        credentials=credentials,
+        ledger=reader,
+        revocations=revocations,
     )
-    return Broker(settings, policy, service, key_ring, audit, reader, tuple(caches), http, ids)
+    return Broker(
+        settings,
+        policy,
+        service,
+        key_ring,
+        audit,
+        reader,
+        tuple(caches),
+        http,
+        ids,
+        credentials,
+        revocations,
+    )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from deputy.audit.log import AuditLog
+from deputy.audit.log import AuditLog, Ledger
 from deputy.audit.record import DecisionRecord, IssuedCredential
 from deputy.clock import Clock
 from deputy.errors import (
@@ -21,29 +22,71 @@ from deputy.errors import (
     StoreUnavailable,
     TemporarilyUnavailable,
     TokenRejected,
+    UnauthorizedClient,
 )
 from deputy.identity.errors import KeysUnavailable
-from deputy.identity.user import Principal, UserVerifier
+from deputy.identity.user import Principal, UserVerifier, may_act_of
 from deputy.identity.workload import Workload, WorkloadVerifier
 from deputy.ids import IdSource
-from deputy.policy.engine import Decision, Grant, Subject, decide
+from deputy.policy.engine import Chain, Decision, Grant, Subject, decide
 from deputy.policy.model import Policy, Workflow
 from deputy.policy.quota import QuotaDemand, QuotaStore, seconds_until_next_day, utc_day
+from deputy.policy.targets import resolve_targets
+from deputy.service.context import RETRY_AFTER_UNAVAILABLE, RequestContext
 from deputy.service.request import IssueRequest, decode_json_body, parse_issue_request
+from deputy.service.revocation import Revocations
 from deputy.tokens.mint import Attribution, Credential, CredentialDraft, Minter
+from deputy.tokens.verify import CredentialVerifier, VerifiedCredential
 
-RETRY_AFTER_UNAVAILABLE = 1
+__all__ = ["IssuanceService", "IssueResult", "JsonIssue", "RequestContext", "WorkloadProof"]
 
 _log = logging.getLogger(__name__)
+ANY_WORKLOAD = frozenset({"spiffe", "oidc"})
 
 
 @dataclass(frozen=True, slots=True)
-class RequestContext:
-    """Facts about the HTTP exchange that the audit record keeps."""
+class WorkloadProof:
+    """A token presented as the agent's workload identity, and how a rejection is answered."""
 
-    request_id: str
-    client_address: str | None
-    endpoint: str = "/issue"
+    token: str = field(repr=False)
+    name: str  # how the request calls it, for messages
+    rejected: type[OAuthError] = InvalidToken
+    kinds: frozenset[str] = ANY_WORKLOAD  # which kinds of workload token it may be
+
+
+class Exchange(Protocol):
+    """One adapter's request: its workload proofs, its parse step and its error dialect."""
+
+    def proofs(self) -> tuple[WorkloadProof, ...]:
+        """The workload tokens presented; raises if there are none or they are malformed."""
+        ...
+
+    def parse(self) -> IssueRequest:
+        """The rest of the request, parsed once the workload is verified."""
+        ...
+
+    def translate(self, err: OAuthError) -> OAuthError:
+        """The error as this adapter's protocol names it (recorded as such)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JsonIssue:
+    """``POST /issue``: the workload token as a Bearer token, and a JSON body."""
+
+    bearer: str | None = field(repr=False)
+    body: bytes = field(repr=False)
+
+    def proofs(self) -> tuple[WorkloadProof, ...]:
+        if not self.bearer:
+            raise InvalidToken("an agent workload token is required as a Bearer token")
+        return (WorkloadProof(self.bearer, "workload token"),)
+
+    def parse(self) -> IssueRequest:
+        return parse_issue_request(decode_json_body(self.body))
+
+    def translate(self, err: OAuthError) -> OAuthError:
+        return err
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +128,16 @@ class _Trail:
     principal: Principal | None = None
     workflow: str | None = None
     decision: Decision | None = None
+    parent: VerifiedCredential | None = None
+
+    @property
+    def agent_instance(self) -> str | None:
+        """The instance the request names, else the one its workload token attests."""
+        if self.request is not None and self.request.agent_id is not None:
+            return self.request.agent_id
+        if self.workload is None:
+            return None
+        return self.workload.instance or self.workload.id
 
     def record(
         self,
@@ -107,7 +160,7 @@ class _Trail:
             error=error,
             workload_id=wl.id if wl else None,
             workload_issuer=wl.issuer if wl else None,
-            agent_instance=req.agent_id if req else None,
+            agent_instance=self.agent_instance if req else None,
             workload_instance=wl.instance if wl else None,
             user_id=who.user_id if who else None,
             user_issuer=who.issuer if who else None,
@@ -117,12 +170,16 @@ class _Trail:
             workflow=self.workflow,
             execution_id=self.execution_id if req else None,
             tools_requested={
-                t: list(s) if s is not None else [] for t, s in (req.tools.items() if req else ())
+                t: list(s) if s is not None else []
+                for t, s in (req.tools.items() if req and req.tools else ())
             },
             ttl_seconds=self.decision.ttl if self.decision else (req.ttl_seconds if req else None),
             credentials=credentials,
             reasons=tuple(r.as_dict() for r in reasons),
             policy_version=policy_version,
+            grant_type=req.grant if req and req.grant != "issue" else None,
+            parent_jti=self.parent.jti if self.parent else None,
+            parent_actors=self.parent.actors if self.parent else (),
         )
 
 
@@ -140,7 +197,13 @@ class IssuanceService:
         audit: AuditLog,
         clock: Clock,
         ids: IdSource,
+        credentials: CredentialVerifier,
+        ledger: Ledger,
+        revocations: Revocations,
     ) -> None:
+        self._credentials = credentials
+        self._ledger = ledger
+        self._revocations = revocations
         self._policy = policy
         self._workloads = workloads
         self._users = users
@@ -150,16 +213,17 @@ class IssuanceService:
         self._clock = clock
         self._ids = ids
 
-    async def issue(self, bearer: str | None, body: bytes, context: RequestContext) -> IssueResult:
+    async def issue(self, exchange: Exchange, context: RequestContext) -> IssueResult:
         """Run one issuance; every outcome, allowed or denied, is audited before returning."""
         trail = _Trail(
             self._ids.prefixed("dec"), self._ids.prefixed("exe"), self._clock.now(), context
         )
         try:
-            return await self._issue(trail, bearer, body)
+            return await self._issue(trail, exchange)
         except OAuthError as err:
-            await self._record_refusal(trail, err)
-            raise
+            refusal = exchange.translate(err)
+            await self._record_refusal(trail, refusal)
+            raise refusal from None
         except Exception:
             # A fault of Deputy's own: refuse, and still record the decision.
             _log.exception("issuance failed unexpectedly (decision %s)", trail.decision_id)
@@ -180,26 +244,43 @@ class IssuanceService:
         except StoreUnavailable:
             raise _audit_unavailable() from None
 
-    async def _issue(self, trail: _Trail, bearer: str | None, body: bytes) -> IssueResult:
-        if not bearer:
-            raise InvalidToken("an agent workload token is required as a Bearer token")
-        try:
-            trail.workload = await self._workloads.verify(bearer)
-        except KeysUnavailable:
-            raise _keys_unavailable() from None
-        except TokenRejected as err:
-            raise InvalidToken(f"workload token rejected: {err.reason}") from None
-        request = trail.request = parse_issue_request(decode_json_body(body))
+    async def _verify_workload(self, proofs: tuple[WorkloadProof, ...]) -> Workload:
+        """Every proof must verify and name the same workload."""
+        found: Workload | None = None
+        for proof in proofs:
+            try:
+                workload = await self._workloads.verify(proof.token)
+            except KeysUnavailable:
+                raise _keys_unavailable() from None
+            except TokenRejected as err:
+                raise proof.rejected(f"{proof.name} rejected: {err.reason}") from None
+            if workload.kind not in proof.kinds:
+                raise proof.rejected(
+                    f"{proof.name} must be a {' or '.join(sorted(proof.kinds))} token"
+                )
+            if found is not None and workload.id != found.id:
+                names = " and ".join(p.name for p in proofs)
+                raise InvalidRequest(f"{names} name different workloads")
+            found = workload
+        assert found is not None
+        return found
+
+    async def _issue(self, trail: _Trail, exchange: Exchange) -> IssueResult:
+        trail.workload = await self._verify_workload(exchange.proofs())
+        request = trail.request = exchange.parse()
         workflow = self._select_workflow(trail.workload, request.workflow)
         trail.workflow = workflow.name
         subject = await self._establish_subject(trail, workflow, request)
+        tools = request.tools
+        if tools is None:
+            tools = resolve_targets(self._policy, workflow, request.targets, request.scopes)
         decision = trail.decision = decide(
-            self._policy, workflow, subject, request.tools, request.ttl_seconds
+            self._policy, workflow, subject, tools, request.ttl_seconds
         )
         now = trail.time
         day = utc_day(now)
         assert trail.principal is not None
-        demands = self._demands(workflow, trail.principal, request)
+        demands = self._demands(workflow, trail.principal, tools)
         try:
             if not decision.allow:
                 over = self._quota.exceeded(day, demands)
@@ -272,9 +353,22 @@ class IssuanceService:
     async def _establish_subject(
         self, trail: _Trail, workflow: Workflow, request: IssueRequest
     ) -> Subject:
-        assert trail.workload is not None
+        workload = trail.workload
+        assert workload is not None
+        if request.grant == "client_credentials" or workflow.delegation == "none":
+            return self._agent_itself(trail, workflow, request)
+        token, field_ = request.user_token, request.subject_field
+        if token is not None and request.grant == "token_exchange":
+            chained = await self._chained_subject(trail, token, field_)
+            if chained is not None:
+                return chained
         if workflow.delegation == "asserted":
-            if request.user_token is not None:
+            if request.grant != "issue":
+                raise InvalidRequest(
+                    f"workflow '{workflow.name}' uses asserted delegation: exchange a Deputy "
+                    f"credential as `{field_}`, or name the user at /issue"
+                )
+            if token is not None:
                 raise InvalidRequest(
                     f"workflow '{workflow.name}' uses asserted delegation; omit `user_token`"
                 )
@@ -282,27 +376,87 @@ class IssuanceService:
                 raise InvalidRequest(
                     f"workflow '{workflow.name}' uses asserted delegation: `user_id` is required"
                 )
-            trail.principal = Principal(request.user_id, trail.workload.id, "asserted")
-            return Subject(trail.workload.id, request.user_id, None, "asserted")
-        if request.user_token is None:
+            trail.principal = Principal(request.user_id, workload.id, "asserted")
+            return Subject(workload.id, request.user_id, None, "asserted")
+        if token is None:
             raise InvalidRequest(
-                f"workflow '{workflow.name}' acts for a verified user: `user_token` is required"
+                f"workflow '{workflow.name}' acts for a verified user: `{field_}` is required"
             )
         try:
-            principal = trail.principal = await self._users.verify(request.user_token)
+            principal = trail.principal = await self._users.verify(token)
         except KeysUnavailable:
             raise _keys_unavailable() from None
         except TokenRejected as err:
-            raise InvalidRequest(f"user_token rejected: {err.reason}") from None
+            raise InvalidRequest(f"{field_} rejected: {err.reason}") from None
         return Subject(
-            trail.workload.id, principal.user_id, principal.tier, "user_token", request.user_id
+            workload.id,
+            principal.user_id,
+            principal.tier,
+            "user_token",
+            request.user_id,
+            may_act=principal.may_act,
+        )
+
+    def _agent_itself(self, trail: _Trail, workflow: Workflow, request: IssueRequest) -> Subject:
+        """No user: the agent acts as itself, where its workflow says so."""
+        workload = trail.workload
+        assert workload is not None
+        if workflow.delegation != "none":
+            raise UnauthorizedClient(
+                f"workflow '{workflow.name}' acts for users; an agent may act as itself only "
+                "in a workflow with `delegation: none`"
+            )
+        if request.grant == "token_exchange":
+            raise InvalidRequest(
+                f"workflow '{workflow.name}' acts for no user: use grant_type=client_credentials"
+            )
+        if request.user_token is not None or request.user_id is not None:
+            raise InvalidRequest(
+                f"workflow '{workflow.name}' acts for no user; omit `user_token` and `user_id`"
+            )
+        trail.principal = Principal(workload.id, workload.issuer, "none")
+        return Subject(workload.id, workload.id, None, "none")
+
+    async def _chained_subject(self, trail: _Trail, token: str, field_: str) -> Subject | None:
+        """A Deputy credential as the subject: a sub-agent continues its execution."""
+        if not self._credentials.claims_to_be_ours(token):
+            return None  # a user's token: the user verifier decides
+        workload = trail.workload
+        assert workload is not None
+        try:
+            parent = self._credentials.verify(token)
+            may_act = may_act_of(parent.claims)
+        except TokenRejected as err:
+            raise InvalidRequest(f"{field_} rejected: {err.reason}") from None
+        if await self._revocations.covering(parent.claims) is not None:
+            raise InvalidRequest(f"{field_} rejected: it has been revoked")
+        try:
+            entry = await self._ledger.credential(parent.jti)
+        except StoreUnavailable:
+            raise _audit_unavailable() from None
+        if entry is None or entry.user_id is None or entry.workflow is None:
+            raise InvalidRequest(f"{field_} rejected: no issued credential has its jti")
+        trail.parent = parent
+        if entry.execution_id is not None:
+            trail.execution_id = entry.execution_id
+        delegation = entry.delegation or "none"
+        trail.principal = Principal(
+            entry.user_id,
+            entry.user_issuer or "",
+            delegation,
+            entry.tier,
+            float(parent.expires_at),
+        )
+        chain = Chain(parent.actors, entry.workflow, parent.audience, parent.scopes, delegation)
+        return Subject(
+            workload.id, entry.user_id, entry.tier, delegation, may_act=may_act, chain=chain
         )
 
     def _demands(
-        self, workflow: Workflow, principal: Principal, request: IssueRequest
+        self, workflow: Workflow, principal: Principal, tools: Mapping[str, object]
     ) -> tuple[QuotaDemand, ...]:
         counts: dict[str, int] = {}
-        for name in request.tools:
+        for name in tools:
             tool = self._policy.tools.get(name)
             if tool is not None and name in workflow.tools:
                 counts[tool.category] = counts.get(tool.category, 0) + 1
@@ -326,10 +480,11 @@ class IssuanceService:
         expires_at = issued_at + decision.ttl
         if trail.principal.expires_at is not None:
             expires_at = min(expires_at, int(trail.principal.expires_at))
+        parent = trail.parent.actors if trail.parent else ()
         who = Attribution(
             user_id=subject.user_id or subject.workload_id,
-            workload_id=subject.workload_id,
-            agent_instance=trail.request.agent_id,
+            actors=(subject.workload_id, *parent),
+            agent_instance=trail.agent_instance or subject.workload_id,
             execution_id=trail.execution_id,
             workflow=workflow.name,
             decision_id=trail.decision_id,

@@ -20,16 +20,33 @@ _SCOPE = re.compile(SCOPE_PATTERN)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+GRANTS = ("issue", "token_exchange", "client_credentials")
+
+
 @dataclass(frozen=True, slots=True)
 class IssueRequest:
-    """What an agent asks for. ``tools`` maps a tool to its scopes (``None``: the workflow's)."""
+    """What an agent asks for, whichever adapter it came through.
 
-    agent_id: str
-    tools: Mapping[str, tuple[str, ...] | None]
+    ``/issue`` names ``tools`` (each with its scopes, ``None``: the workflow's); the token
+    endpoint names ``targets`` (``resource``/``audience``) and a flat ``scopes`` list, which
+    policy maps to tools once the workflow is known. ``user_token`` is the user's token (or
+    a Deputy credential, for a sub-agent), and ``subject_field`` names it in messages.
+    """
+
+    agent_id: str | None
+    tools: Mapping[str, tuple[str, ...] | None] | None = None
     user_id: str | None = None
     ttl_seconds: int | None = None
     user_token: str | None = field(default=None, repr=False)
     workflow: str | None = None
+    targets: tuple[str, ...] = ()
+    scopes: tuple[str, ...] | None = None
+    grant: str = "issue"
+    subject_field: str = "user_token"
+
+    def __post_init__(self) -> None:
+        if self.grant not in GRANTS:
+            raise ValueError(f"grant must be one of {GRANTS}")
 
 
 def _identifier(body: Mapping[str, object], key: str, *, required: bool) -> str | None:

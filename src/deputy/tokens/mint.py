@@ -20,12 +20,22 @@ class Attribution:
     """Who a credential is for and which execution and decision produced it."""
 
     user_id: str
-    workload_id: str
+    actors: tuple[str, ...]  # the agent workload, then the agents it acts for, newest first
     agent_instance: str
     execution_id: str
     workflow: str
     decision_id: str
     delegation: str
+
+    @property
+    def act(self) -> dict[str, Any] | None:
+        """RFC 8693 §4.1 nested ``act``: the newest actor outermost; none without delegation."""
+        if self.delegation == "none":
+            return None
+        act: dict[str, Any] | None = None
+        for actor in reversed(self.actors):
+            act = {"sub": actor} if act is None else {"sub": actor, "act": act}
+        return act
 
 
 def b64url(data: bytes) -> bytes:
@@ -83,24 +93,26 @@ class Minter:
         issued_at: int,
         expires_at: int,
     ) -> CredentialDraft:
-        """RFC 9068 §2.2 claims plus RFC 8693 §4.1 ``act`` naming the agent workload."""
+        """RFC 9068 §2.2 claims plus RFC 8693 §4.1 ``act`` naming the agents."""
         jti = self._ids.token()
         claims: dict[str, Any] = {
             "iss": self._issuer,
             "sub": who.user_id,
             "aud": audience,
-            "client_id": who.workload_id,
+            "client_id": who.actors[0],
             "iat": issued_at,
             "exp": expires_at,
             "jti": jti,
             "scope": scope,
-            "act": {"sub": who.workload_id},
             "agent_instance": who.agent_instance,
             "execution_id": who.execution_id,
             "workflow": who.workflow,
             "decision_id": who.decision_id,
             "delegation": who.delegation,
         }
+        act = who.act
+        if act is not None:
+            claims["act"] = act
         return CredentialDraft(tool, jti, audience, scope, category, issued_at, expires_at, claims)
 
 

@@ -80,7 +80,7 @@ def test_urls_are_not_resolved_as_paths(tmp_path: Path) -> None:
         ),
         (
             lambda d: d["workflows"]["customer-support"].update(delegation="trust_me"),
-            "workflows.customer-support.delegation: Input should be 'user_token' or 'asserted'",
+            "workflows.customer-support.delegation: Input should be 'user_token', 'asserted' or 'none'",
         ),
         (lambda d: d.pop("issuer"), "issuer: required key is missing"),
         (lambda d: d.update(issuer="deputy.internal"), "issuer: must be an http(s) URL"),
@@ -90,7 +90,7 @@ def test_urls_are_not_resolved_as_paths(tmp_path: Path) -> None:
         ),
         (
             lambda d: d["workflows"]["nightly-billing"].update(tiers=["pro"]),
-            "an asserted delegation has no verified tier",
+            "delegation `asserted` has no verified tier",
         ),
         (
             lambda d: d["tools"]["pricing_api"].update(scopes=["rates read"]),

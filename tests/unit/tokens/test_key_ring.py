@@ -15,7 +15,7 @@ from deputy.tokens.key_ring import KeyRing
 from deputy.tokens.mint import Attribution, Minter, TokenSigner
 
 WHO = Attribution(
-    "alice", "spiffe://prod.example/agents/a", "inst-1", "exe_1", "wf", "dec_1", "user_token"
+    "alice", ("spiffe://prod.example/agents/a",), "inst-1", "exe_1", "wf", "dec_1", "user_token"
 )
 
 

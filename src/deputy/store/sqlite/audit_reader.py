@@ -10,10 +10,12 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from deputy.audit.chain import ChainVerifier
-from deputy.audit.log import AuditFilter, ChainReport
+from deputy.audit.log import AuditFilter, ChainReport, LedgerEntry, LiveCredentials
 from deputy.audit.record import StoredRecord
+from deputy.audit.revocation import Revocation
 from deputy.errors import ConfigError, StoreUnavailable
 from deputy.store.sqlite.audit_tables import (
     CREDENTIAL_ROWS_SQL,
@@ -28,6 +30,7 @@ KEY_BYTES = 32
 DB_FILE = "audit.db"
 KEY_FILE = "audit.key"
 UNAVAILABLE = "audit store unavailable"
+_RECORD_SELECTORS = frozenset({"execution_id", "agent_instance", "workload_id", "user_id"})
 
 
 class SqliteAuditReader:
@@ -95,6 +98,61 @@ class SqliteAuditReader:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(UNAVAILABLE) from exc
         return {(issuer, user, category): n for issuer, user, category, n in rows}
+
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with closing(self._reader()) as conn:
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(UNAVAILABLE) from exc
+
+    async def credential(self, jti: str) -> LedgerEntry | None:
+        """The credential ``jti`` with what its record says of its user and execution."""
+        rows = self._rows(
+            "SELECT c.tool, c.expires_at, r.body FROM credentials c"
+            " JOIN records r ON r.seq = c.seq WHERE c.jti = ?",
+            (jti,),
+        )
+        if not rows:
+            return None
+        tool, expires_at, body = rows[0]
+        data = json.loads(body)
+        return LedgerEntry(
+            jti=jti,
+            tool=tool,
+            expires_at=expires_at,
+            user_issuer=data.get("user_issuer"),
+            user_id=data.get("user_id"),
+            tier=data.get("tier"),
+            delegation=data.get("delegation"),
+            workflow=data.get("workflow"),
+            execution_id=data.get("execution_id"),
+            workload_id=data.get("workload_id"),
+        )
+
+    async def live(self, selector: str, value: str, now: float) -> LiveCredentials:
+        """Unexpired credentials whose record (or, for ``jti``, which itself) ``selector`` names."""
+        if selector == "jti":
+            where = "c.jti = ?"
+        elif selector in _RECORD_SELECTORS:
+            where = f"r.{selector} = ?"
+        else:
+            raise ValueError(f"unknown selector {selector!r}")
+        (count, users, latest), *_ = self._rows(
+            "SELECT COUNT(*), COUNT(DISTINCT r.user_id), MAX(c.expires_at)"  # noqa: S608 - fixed names
+            " FROM credentials c JOIN records r ON r.seq = c.seq"
+            f" WHERE {where} AND c.expires_at > ?",
+            (value, now),
+        )
+        return LiveCredentials(count, users, latest)
+
+    async def revocations_after(self, last_id: int, now: float) -> list[Revocation]:
+        rows = self._rows(
+            "SELECT id, selector, value, issued_before, expires_at FROM revocations"
+            " WHERE id > ? AND expires_at > ? ORDER BY id",
+            (last_id, now),
+        )
+        return [Revocation(sel, value, before, exp, id_) for id_, sel, value, before, exp in rows]
 
     def _reader(self) -> sqlite3.Connection:
         uri = self._path.resolve().as_uri() + "?mode=ro"

@@ -11,7 +11,7 @@ from typing import Any
 from deputy.audit.chain import ChainHead, ChainVerifier
 from deputy.audit.log import AuditFilter
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = (
     "CREATE TABLE records ("
@@ -30,6 +30,19 @@ SCHEMA = (
     " ON credentials (user_issuer, user_id, category, issued_at)",
     "CREATE TABLE chain_head ("
     " id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER, hash TEXT, mac TEXT)",
+)
+# Statements that bring a store of the keyed version to the next one.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE revocations ("
+        " id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, selector TEXT NOT NULL,"
+        " value TEXT NOT NULL, issued_before INTEGER NOT NULL, expires_at INTEGER NOT NULL)",
+        "CREATE INDEX revocations_expires_at ON revocations (expires_at)",
+    ),
+}
+INSERT_REVOCATION = (
+    "INSERT INTO revocations (seq, selector, value, issued_before, expires_at)"
+    " VALUES (?, ?, ?, ?, ?)"
 )
 
 INSERT_RECORD = (

@@ -16,6 +16,8 @@ from deputy.store.sqlite.audit_reader import DB_FILE, UNAVAILABLE, open_head_key
 from deputy.store.sqlite.audit_tables import (
     INSERT_CREDENTIAL,
     INSERT_RECORD,
+    INSERT_REVOCATION,
+    MIGRATIONS,
     READ_HEAD,
     SCHEMA,
     SCHEMA_VERSION,
@@ -95,6 +97,12 @@ class SqliteAuditWriter:
             if version == 0:
                 for statement in SCHEMA:
                     conn.execute(statement)
+                version = 1
+            if 0 < version < SCHEMA_VERSION:
+                while version < SCHEMA_VERSION:
+                    for statement in MIGRATIONS[version]:
+                        conn.execute(statement)
+                    version += 1
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -134,6 +142,7 @@ class SqliteAuditWriter:
             results: list[BaseException | None] = [None] * len(batch)
             records: list[tuple[Any, ...]] = []
             credentials: list[tuple[Any, ...]] = []
+            revocations: list[tuple[Any, ...]] = []
             logged_at = self._clock.now()
             for index, record in enumerate(batch):
                 try:
@@ -172,6 +181,11 @@ class SqliteAuditWriter:
                     )
                     for c in record.credentials
                 )
+                if record.revocation is not None:
+                    r = record.revocation
+                    revocations.append(
+                        (seq, r["selector"], r["value"], r["issued_before"], r["expires_at"])
+                    )
             if records:
                 # One statement per table and batch: every step releases and retakes the GIL.
                 conn.execute(insert_rows(INSERT_RECORD, len(records)), _flat(records))
@@ -179,6 +193,8 @@ class SqliteAuditWriter:
                     conn.execute(
                         insert_rows(INSERT_CREDENTIAL, len(credentials)), _flat(credentials)
                     )
+                if revocations:
+                    conn.executemany(INSERT_REVOCATION, revocations)
                 head = ChainHead.sign(self._head_key, seq, prev_hash)
                 conn.execute(WRITE_HEAD, (head.seq, head.hash, head.mac))
             conn.execute("COMMIT")

@@ -1,0 +1,1 @@
+"""The standard OAuth surface: token endpoint, client authentication, introspection, revocation."""

@@ -1,0 +1,155 @@
+"""Revocation: the kill switch, the holder's own revocation, and the list every check reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from deputy.audit.log import AuditLog, Ledger, LiveCredentials
+from deputy.audit.record import DecisionRecord
+from deputy.audit.revocation import SELECTORS, CredentialFacts, Revocation, RevocationList
+from deputy.clock import Clock
+from deputy.config.settings import MAX_TTL_SECONDS
+from deputy.errors import InvalidRequest, StoreUnavailable, TemporarilyUnavailable
+from deputy.ids import IdSource
+from deputy.service.context import RETRY_AFTER_UNAVAILABLE, RequestContext
+
+MAX_VALUE_LENGTH = 512
+MAX_REASON_LENGTH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationOutcome:
+    """What a revocation did: its entry, and the live credentials the ledger says it covers."""
+
+    decision_id: str
+    revocation: Revocation
+    live: LiveCredentials
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "decision_id": self.decision_id,
+            "revoked": self.revocation.as_dict(),
+            "live_credentials": self.live.credentials,
+            "users": self.live.users,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """The revocation feed document and its entity tag."""
+
+    document: dict[str, Any]
+    etag: str
+
+
+class Revocations:
+    """Revokes through the audit log, and keeps the unexpired revocations in memory.
+
+    Every check first picks up revocations committed since the last one (by this or any other
+    process on the same store), so a revocation is effective at once.
+    """
+
+    def __init__(
+        self, *, issuer: str, ledger: Ledger, audit: AuditLog, clock: Clock, ids: IdSource
+    ) -> None:
+        self._issuer = issuer
+        self._ledger = ledger
+        self._audit = audit
+        self._clock = clock
+        self._ids = ids
+        self._list = RevocationList()
+
+    async def sync(self) -> None:
+        now = self._clock.now()
+        try:
+            self._list.add(await self._ledger.revocations_after(self._list.last_id, now))
+        except StoreUnavailable:
+            raise TemporarilyUnavailable(
+                "the revocation list cannot be read; retry shortly",
+                retry_after=RETRY_AFTER_UNAVAILABLE,
+            ) from None
+        self._list.prune(now)
+
+    async def covering(self, claims: Mapping[str, Any]) -> Revocation | None:
+        """The revocation that covers a credential with these verified claims, if any."""
+        await self.sync()
+        return self._list.covers(CredentialFacts.from_claims(claims))
+
+    async def feed(self) -> Feed:
+        await self.sync()
+        entries = [r.as_dict() for r in self._list.entries(self._clock.now())]
+        document = {"issuer": self._issuer, "revocations": entries}
+        canonical = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
+        return Feed(document, '"' + hashlib.sha256(canonical).hexdigest()[:32] + '"')
+
+    async def revoke(
+        self,
+        selector: str,
+        value: str,
+        *,
+        requested_by: str,
+        context: RequestContext,
+        reason: str | None = None,
+        expires_at: int | None = None,
+    ) -> RevocationOutcome:
+        """Revoke every credential ``selector`` names that was issued up to now; audited."""
+        if selector not in SELECTORS:
+            raise InvalidRequest(f"revoke by one of: {', '.join(SELECTORS)}")
+        if not value or len(value) > MAX_VALUE_LENGTH or not value.isprintable():
+            raise InvalidRequest(
+                f"`{selector}` must be 1 to {MAX_VALUE_LENGTH} printable characters"
+            )
+        if reason is not None and (len(reason) > MAX_REASON_LENGTH or not reason.isprintable()):
+            raise InvalidRequest(
+                f"`reason` must be at most {MAX_REASON_LENGTH} printable characters"
+            )
+        now = self._clock.now()
+        issued_before = math.ceil(now)
+        try:
+            live = await self._ledger.live(selector, value, now)
+        except StoreUnavailable:
+            raise _unavailable() from None
+        if expires_at is None and selector == "jti" and live.latest_expiry is not None:
+            expires_at = live.latest_expiry
+        if expires_at is None:
+            # No credential issued before now outlives the longest lifetime there is; a
+            # sub-agent's credential never outlives the one it came from.
+            expires_at = issued_before + MAX_TTL_SECONDS
+        revocation = Revocation(selector, value, issued_before, expires_at)
+        decision_id = self._ids.prefixed("rev")
+        record = DecisionRecord(
+            decision_id=decision_id,
+            time=now,
+            endpoint=context.endpoint,
+            outcome="revoke",
+            status=200,
+            request_id=context.request_id,
+            client_address=context.client_address,
+            requested_by=requested_by,
+            revocation={
+                "selector": selector,
+                "value": value,
+                "issued_before": issued_before,
+                "expires_at": expires_at,
+                "reason": reason,
+                "live_credentials": live.credentials,
+            },
+        )
+        try:
+            await self._audit.append(record)
+        except StoreUnavailable:
+            raise _unavailable() from None
+        await self.sync()
+        return RevocationOutcome(decision_id, revocation, live)
+
+
+def _unavailable() -> TemporarilyUnavailable:
+    return TemporarilyUnavailable(
+        "the audit store is unavailable; nothing was revoked, retry shortly",
+        retry_after=RETRY_AFTER_UNAVAILABLE,
+    )
