@@ -1,4 +1,4 @@
-"""The ASGI app: /issue, JWKS, metadata and health, over one IssuanceService."""
+"""The ASGI app: /issue, the OAuth endpoints, JWKS, metadata and health."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -17,7 +16,19 @@ from starlette.types import Receive, Scope, Send
 from deputy.clock import Clock
 from deputy.errors import OAuthError
 from deputy.ids import IdSource
+from deputy.oauth.endpoints import (
+    ADMIN_REVOCATIONS_PATH,
+    FEED_PATH,
+    INTROSPECTION_PATH,
+    ISSUE_PATH,
+    JWKS_PATH,
+    METADATA_PATH,
+    REVOCATION_PATH,
+    TOKEN_PATH,
+    metadata,
+)
 from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error
+from deputy.server.oauth import OAuthEndpoints
 from deputy.server.wiring import Broker
 from deputy.service.issuance import IssuanceService, JsonIssue, RequestContext
 from deputy.service.request import MAX_BODY_BYTES
@@ -97,19 +108,6 @@ class IssueEndpoint:
         await send({"type": "http.response.body", "body": payload})
 
 
-def metadata(issuer: str, signing_alg: str) -> dict[str, Any]:
-    """RFC 8414 §2: only what this broker actually supports."""
-    return {
-        "issuer": issuer,
-        "jwks_uri": f"{issuer}/.well-known/jwks.json",
-        "issue_endpoint": f"{issuer}/issue",
-        "response_types_supported": [],
-        "grant_types_supported": [],
-        "token_endpoint_auth_methods_supported": [],
-        "access_token_signing_alg_values_supported": [signing_alg],
-    }
-
-
 def create_app(broker: Broker, clock: Clock) -> Router:
     """The broker as an ASGI app; starts and closes the broker with the app's lifespan.
 
@@ -117,12 +115,25 @@ def create_app(broker: Broker, clock: Clock) -> Router:
     exception becomes uvicorn's plain 500 (bad input never gets there: it is a 4xx).
     """
     ready = asyncio.Event()
+    scopes = frozenset(s for tool in broker.policy.tools.values() for s in tool.scopes)
+    document = metadata(broker.settings.issuer, broker.settings.signing_alg, scopes)
+    oauth = OAuthEndpoints(
+        service=broker.service,
+        workloads=broker.workloads,
+        introspection=broker.introspection,
+        revocations=broker.revocations,
+        clients=broker.clients,
+        new_request_id=lambda r: request_id(
+            r.headers.get("x-request-id", "").encode("latin-1") or None, broker.ids
+        ),
+        now=clock.now,
+    )
 
     async def jwks(request: Request) -> Response:
         return JSONResponse(broker.key_ring.jwks(), headers={"Cache-Control": "max-age=30"})
 
     async def oauth_metadata(request: Request) -> Response:
-        return JSONResponse(metadata(broker.settings.issuer, broker.settings.signing_alg))
+        return JSONResponse(document)
 
     async def healthz(request: Request) -> Response:
         if not ready.is_set():
@@ -149,9 +160,22 @@ def create_app(broker: Broker, clock: Clock) -> Router:
             await broker.close()
 
     routes = [
-        Route("/issue", IssueEndpoint(broker.service, clock, broker.ids), methods=["POST"]),
-        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-        Route("/.well-known/oauth-authorization-server", oauth_metadata, methods=["GET"]),
+        Route(ISSUE_PATH, IssueEndpoint(broker.service, clock, broker.ids), methods=["POST"]),
+        Route(TOKEN_PATH, oauth.endpoint(TOKEN_PATH, oauth.token), methods=["POST"]),
+        Route(
+            INTROSPECTION_PATH,
+            oauth.endpoint(INTROSPECTION_PATH, oauth.introspect),
+            methods=["POST"],
+        ),
+        Route(REVOCATION_PATH, oauth.endpoint(REVOCATION_PATH, oauth.revoke), methods=["POST"]),
+        Route(FEED_PATH, oauth.endpoint(FEED_PATH, oauth.feed), methods=["GET"]),
+        Route(
+            ADMIN_REVOCATIONS_PATH,
+            oauth.endpoint(ADMIN_REVOCATIONS_PATH, oauth.admin_revoke),
+            methods=["POST"],
+        ),
+        Route(JWKS_PATH, jwks, methods=["GET"]),
+        Route(METADATA_PATH, oauth_metadata, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     return Router(routes=routes, lifespan=lifespan)

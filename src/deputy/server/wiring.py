@@ -27,8 +27,11 @@ from deputy.identity import (
 from deputy.identity.errors import KeySourceError
 from deputy.identity.jwks import KeySource
 from deputy.ids import IdSource
+from deputy.oauth.client_auth import ClientAuthenticator, ClientEntry, ReplayCache
+from deputy.oauth.endpoints import endpoint_urls
 from deputy.policy.model import Policy, policy_from_settings
 from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore
+from deputy.service.introspection import Introspection
 from deputy.service.issuance import IssuanceService
 from deputy.service.revocation import Revocations
 from deputy.store.key_files import KEYS_DIR, FileKeyStore
@@ -54,8 +57,10 @@ class Broker:
     caches: tuple[JwksCache, ...]
     http: httpx.AsyncClient
     ids: IdSource
-    credentials: CredentialVerifier
+    workloads: WorkloadVerifier
     revocations: Revocations
+    introspection: Introspection
+    clients: ClientAuthenticator
 
     async def start(self) -> None:
         """Prime every configured key set so the first requests need no fetch."""
@@ -102,6 +107,7 @@ def key_files(settings: Settings) -> list[Path]:
     locations = [s.bundle for s in settings.agents.spiffe]
     locations += [o.jwks for o in settings.agents.oidc if o.jwks]
     locations += [u.jwks for u in settings.users if u.jwks]
+    locations += [c.jwks for c in settings.clients.values() if c.jwks]
     return [Path(location) for location in locations if not is_url(location)]
 
 
@@ -152,13 +158,34 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
     quota = MemoryQuotaStore(lambda day: reader.issued_counts(day * SECONDS_PER_DAY))
     credentials = CredentialVerifier(settings.issuer, key_ring, clock)
     revocations = Revocations(
-        issuer=settings.issuer, ledger=reader, audit=audit, clock=clock, ids=ids
+        issuer=settings.issuer,
+        ledger=reader,
+        audit=audit,
+        credentials=credentials,
+        clock=clock,
+        ids=ids,
+    )
+    workloads = WorkloadVerifier(
+        spiffe, oidc, clock, cache=VerifiedTokenCache(clock), reject_issuers=own
+    )
+    clients = ClientAuthenticator(
+        [
+            ClientEntry(
+                name,
+                frozenset(c.audiences),
+                c.admin,
+                secret_sha256=c.secret_sha256,
+                keys=cache(c.jwks, f"client {name}") if c.jwks is not None else None,
+            )
+            for name, c in settings.clients.items()
+        ],
+        clock,
+        audiences=endpoint_urls(settings.issuer),
+        replay=ReplayCache(clock),
     )
     service = IssuanceService(
         policy=policy,
-        workloads=WorkloadVerifier(
-            spiffe, oidc, clock, cache=VerifiedTokenCache(clock), reject_issuers=own
-        ),
+        workloads=workloads,
         users=UserVerifier(users, clock, cache=VerifiedTokenCache(clock), reject_issuers=own),
         quota=quota,
         minter=Minter(settings.issuer, ids),
@@ -170,15 +197,17 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
         revocations=revocations,
     )
     return Broker(
-        settings,
-        policy,
-        service,
-        key_ring,
-        audit,
-        reader,
-        tuple(caches),
-        http,
-        ids,
-        credentials,
-        revocations,
+        settings=settings,
+        policy=policy,
+        service=service,
+        key_ring=key_ring,
+        audit=audit,
+        audit_reader=reader,
+        caches=tuple(caches),
+        http=http,
+        ids=ids,
+        workloads=workloads,
+        revocations=revocations,
+        introspection=Introspection(credentials, revocations),
+        clients=clients,
     )

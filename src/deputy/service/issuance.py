@@ -38,7 +38,14 @@ from deputy.service.revocation import Revocations
 from deputy.tokens.mint import Attribution, Credential, CredentialDraft, Minter
 from deputy.tokens.verify import CredentialVerifier, VerifiedCredential
 
-__all__ = ["IssuanceService", "IssueResult", "JsonIssue", "RequestContext", "WorkloadProof"]
+__all__ = [
+    "IssuanceService",
+    "IssueResult",
+    "JsonIssue",
+    "RequestContext",
+    "WorkloadProof",
+    "verify_workload",
+]
 
 _log = logging.getLogger(__name__)
 ANY_WORKLOAD = frozenset({"spiffe", "oidc"})
@@ -61,7 +68,7 @@ class Exchange(Protocol):
         """The workload tokens presented; raises if there are none or they are malformed."""
         ...
 
-    def parse(self) -> IssueRequest:
+    def parse(self, workload: Workload) -> IssueRequest:
         """The rest of the request, parsed once the workload is verified."""
         ...
 
@@ -82,7 +89,7 @@ class JsonIssue:
             raise InvalidToken("an agent workload token is required as a Bearer token")
         return (WorkloadProof(self.bearer, "workload token"),)
 
-    def parse(self) -> IssueRequest:
+    def parse(self, workload: Workload) -> IssueRequest:
         return parse_issue_request(decode_json_body(self.body))
 
     def translate(self, err: OAuthError) -> OAuthError:
@@ -244,30 +251,9 @@ class IssuanceService:
         except StoreUnavailable:
             raise _audit_unavailable() from None
 
-    async def _verify_workload(self, proofs: tuple[WorkloadProof, ...]) -> Workload:
-        """Every proof must verify and name the same workload."""
-        found: Workload | None = None
-        for proof in proofs:
-            try:
-                workload = await self._workloads.verify(proof.token)
-            except KeysUnavailable:
-                raise _keys_unavailable() from None
-            except TokenRejected as err:
-                raise proof.rejected(f"{proof.name} rejected: {err.reason}") from None
-            if workload.kind not in proof.kinds:
-                raise proof.rejected(
-                    f"{proof.name} must be a {' or '.join(sorted(proof.kinds))} token"
-                )
-            if found is not None and workload.id != found.id:
-                names = " and ".join(p.name for p in proofs)
-                raise InvalidRequest(f"{names} name different workloads")
-            found = workload
-        assert found is not None
-        return found
-
     async def _issue(self, trail: _Trail, exchange: Exchange) -> IssueResult:
-        trail.workload = await self._verify_workload(exchange.proofs())
-        request = trail.request = exchange.parse()
+        trail.workload = await verify_workload(self._workloads, exchange.proofs())
+        request = trail.request = exchange.parse(trail.workload)
         workflow = self._select_workflow(trail.workload, request.workflow)
         trail.workflow = workflow.name
         subject = await self._establish_subject(trail, workflow, request)
@@ -504,6 +490,30 @@ class IssuanceService:
             issued_at=issued_at,
             expires_at=expires_at,
         )
+
+
+async def verify_workload(
+    verifier: WorkloadVerifier, proofs: tuple[WorkloadProof, ...]
+) -> Workload:
+    """Every proof must verify and name the same workload."""
+    found: Workload | None = None
+    for proof in proofs:
+        try:
+            workload = await verifier.verify(proof.token)
+        except KeysUnavailable:
+            raise _keys_unavailable() from None
+        except TokenRejected as err:
+            raise proof.rejected(f"{proof.name} rejected: {err.reason}") from None
+        if workload.kind not in proof.kinds:
+            kinds = " or ".join(sorted(proof.kinds))
+            raise proof.rejected(f"{proof.name} must be a {kinds} token")
+        if found is not None and workload.id != found.id:
+            names = " and ".join(p.name for p in proofs)
+            raise InvalidRequest(f"{names} name different workloads")
+        found = workload
+    if found is None:
+        raise InvalidRequest("no workload token was presented")
+    return found
 
 
 def _audit_unavailable() -> TemporarilyUnavailable:

@@ -14,9 +14,16 @@ from deputy.audit.record import DecisionRecord
 from deputy.audit.revocation import SELECTORS, CredentialFacts, Revocation, RevocationList
 from deputy.clock import Clock
 from deputy.config.settings import MAX_TTL_SECONDS
-from deputy.errors import InvalidRequest, StoreUnavailable, TemporarilyUnavailable
+from deputy.errors import (
+    InvalidRequest,
+    StoreUnavailable,
+    TemporarilyUnavailable,
+    TokenRejected,
+    UnauthorizedClient,
+)
 from deputy.ids import IdSource
 from deputy.service.context import RETRY_AFTER_UNAVAILABLE, RequestContext
+from deputy.tokens.verify import CredentialVerifier
 
 MAX_VALUE_LENGTH = 512
 MAX_REASON_LENGTH = 512
@@ -55,9 +62,17 @@ class Revocations:
     """
 
     def __init__(
-        self, *, issuer: str, ledger: Ledger, audit: AuditLog, clock: Clock, ids: IdSource
+        self,
+        *,
+        issuer: str,
+        ledger: Ledger,
+        audit: AuditLog,
+        credentials: CredentialVerifier,
+        clock: Clock,
+        ids: IdSource,
     ) -> None:
         self._issuer = issuer
+        self._credentials = credentials
         self._ledger = ledger
         self._audit = audit
         self._clock = clock
@@ -86,6 +101,28 @@ class Revocations:
         document = {"issuer": self._issuer, "revocations": entries}
         canonical = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
         return Feed(document, '"' + hashlib.sha256(canonical).hexdigest()[:32] + '"')
+
+    async def revoke_token(
+        self, token: str, *, holder: str | None, requested_by: str, context: RequestContext
+    ) -> RevocationOutcome | None:
+        """RFC 7009 §2: revoke one credential. ``holder``, if given, must be its ``client_id``.
+
+        A token that is not an unexpired Deputy credential is no error (§2.2): there is
+        nothing to revoke.
+        """
+        try:
+            credential = self._credentials.verify(token)
+        except TokenRejected:
+            return None
+        if holder is not None and credential.claims.get("client_id") != holder:
+            raise UnauthorizedClient("this credential was not issued to the authenticated agent")
+        return await self.revoke(
+            "jti",
+            credential.jti,
+            requested_by=requested_by,
+            context=context,
+            expires_at=credential.expires_at,
+        )
 
     async def revoke(
         self,

@@ -80,7 +80,8 @@ def test_urls_are_not_resolved_as_paths(tmp_path: Path) -> None:
         ),
         (
             lambda d: d["workflows"]["customer-support"].update(delegation="trust_me"),
-            "workflows.customer-support.delegation: Input should be 'user_token', 'asserted' or 'none'",
+            "workflows.customer-support.delegation: Input should be 'user_token', 'asserted' or "
+            "'none'",
         ),
         (lambda d: d.pop("issuer"), "issuer: required key is missing"),
         (lambda d: d.update(issuer="deputy.internal"), "issuer: must be an http(s) URL"),

@@ -1,0 +1,218 @@
+"""The OAuth endpoints: token, introspection, revocation, the revocation feed and the admin API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from deputy.audit.revocation import SELECTORS
+from deputy.errors import InvalidClient, InvalidRequest, OAuthError, ServerError, UnauthorizedClient
+from deputy.identity.workload import WorkloadVerifier
+from deputy.oauth.client_auth import Client, ClientAuthenticator
+from deputy.oauth.form import MAX_FORM_BYTES, Form, parse_form
+from deputy.oauth.token_request import ASSERTION_TYPES, JWT_SPIFFE, REPEATABLE, TokenRequest
+from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error
+from deputy.service.context import RequestContext
+from deputy.service.introspection import Introspection
+from deputy.service.issuance import (
+    ANY_WORKLOAD,
+    IssuanceService,
+    WorkloadProof,
+    verify_workload,
+)
+from deputy.service.request import decode_json_body
+from deputy.service.revocation import Revocations
+
+_log = logging.getLogger(__name__)
+Handler = Callable[[Request, RequestContext], Awaitable[tuple[int, Any, dict[str, str]]]]
+
+
+async def limited_body(request: Request, limit: int) -> bytes:
+    """The body, reading at most ``limit + 1`` bytes of it."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(chunks)
+
+
+def _context(request: Request, path: str, request_id: str) -> RequestContext:
+    client = request.client
+    return RequestContext(request_id, client.host if client else None, path)
+
+
+def _json(status: int, document: Any, request_id: str, extra: dict[str, str]) -> Response:
+    headers = {k.decode(): v.decode() for k, v in (*JSON_TYPE, *NO_STORE)}
+    headers.update(extra)
+    headers["x-request-id"] = request_id
+    return Response(json_body(document), status_code=status, headers=headers)
+
+
+def _single_authorization(request: Request) -> str | None:
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        raise InvalidRequest("send one Authorization header")
+    return values[0] if values else None
+
+
+async def _form(request: Request, repeatable: frozenset[str] = frozenset()) -> Form:
+    body = await limited_body(request, MAX_FORM_BYTES)
+    return parse_form(body, request.headers.get("content-type"), repeatable=repeatable)
+
+
+class OAuthEndpoints:
+    """Each endpoint turns its wire format into a call on a service, and errors into bodies."""
+
+    def __init__(
+        self,
+        *,
+        service: IssuanceService,
+        workloads: WorkloadVerifier,
+        introspection: Introspection,
+        revocations: Revocations,
+        clients: ClientAuthenticator,
+        new_request_id: Callable[[Request], str],
+        now: Callable[[], float],
+    ) -> None:
+        self._service = service
+        self._workloads = workloads
+        self._introspection = introspection
+        self._revocations = revocations
+        self._clients = clients
+        self._request_id = new_request_id
+        self._now = now
+
+    def endpoint(self, path: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            rid = self._request_id(request)
+            try:
+                status, document, headers = await handler(request, _context(request, path, rid))
+            except OAuthError as err:
+                code, error_headers, payload = render_error(err, rid)
+                return Response(payload, status_code=code, headers=_text_headers(error_headers))
+            except Exception:
+                _log.exception("%s failed unexpectedly (request %s)", path, rid)
+                code, error_headers, payload = render_error(ServerError("internal error"), rid)
+                return Response(payload, status_code=code, headers=_text_headers(error_headers))
+            if status == 304:
+                return Response(status_code=304, headers=headers)
+            return _json(status, document, rid, headers)
+
+        return run
+
+    async def token(
+        self, request: Request, context: RequestContext
+    ) -> tuple[int, Any, dict[str, str]]:
+        """RFC 8693 token exchange and RFC 6749 §4.4 client credentials; audited either way."""
+        form: Form | None = None
+        error: OAuthError | None = None
+        authorization: str | None = None
+        try:
+            authorization = _single_authorization(request)
+            form = await _form(request, REPEATABLE)
+        except OAuthError as err:
+            error = err
+        exchange = TokenRequest(form, error, authorization)
+        result = await self._service.issue(exchange, context)
+        return 200, exchange.response(result, self._now()), {}
+
+    async def _client(self, request: Request, form: Form) -> Client:
+        return await self._clients.authenticate(_single_authorization(request), form)
+
+    async def introspect(
+        self, request: Request, context: RequestContext
+    ) -> tuple[int, Any, dict[str, str]]:
+        """RFC 7662 §2: for configured clients; ``token_type_hint`` is not needed."""
+        form = await _form(request)
+        client = await self._client(request, form)
+        token = form.get("token")
+        if token is None:
+            raise InvalidRequest("`token` is required")
+        document = await self._introspection.introspect(
+            token, audiences=client.audiences, admin=client.admin
+        )
+        return 200, document, {}
+
+    async def revoke(
+        self, request: Request, context: RequestContext
+    ) -> tuple[int, Any, dict[str, str]]:
+        """RFC 7009: the agent holding a credential (by client assertion), or an operator."""
+        form = await _form(request)
+        token = form.get("token")
+        if form.get("client_assertion_type") in ASSERTION_TYPES:
+            assertion = form.get("client_assertion")
+            if assertion is None:
+                raise InvalidRequest("`client_assertion_type` needs `client_assertion`")
+            spiffe = form.get("client_assertion_type") == JWT_SPIFFE
+            proof = WorkloadProof(
+                assertion,
+                "client_assertion",
+                InvalidClient,
+                frozenset({"spiffe"}) if spiffe else ANY_WORKLOAD,
+            )
+            workload = await verify_workload(self._workloads, (proof,))
+            holder: str | None = workload.id
+            asker = f"workload:{workload.id}"
+        else:
+            client = await self._client(request, form)
+            if not client.admin:
+                raise UnauthorizedClient(
+                    "only the agent holding a credential, or an admin client, may revoke it"
+                )
+            holder, asker = None, f"client:{client.name}"
+        if token is None:
+            raise InvalidRequest("`token` is required")
+        await self._revocations.revoke_token(
+            token, holder=holder, requested_by=asker, context=context
+        )
+        return 200, {}, {}
+
+    async def feed(
+        self, request: Request, context: RequestContext
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Unexpired revocations for verifiers; revalidate with ``If-None-Match``."""
+        feed = await self._revocations.feed()
+        headers = {"etag": feed.etag, "cache-control": "no-cache"}
+        if request.headers.get("if-none-match") == feed.etag:
+            return 304, None, headers
+        return 200, feed.document, headers
+
+    async def admin_revoke(
+        self, request: Request, context: RequestContext
+    ) -> tuple[int, Any, dict[str, str]]:
+        """The kill switch: ``{"<selector>": "<value>", "reason": "..."}`` from an admin client."""
+        client = await self._client(request, Form({}))
+        if not client.admin:
+            raise UnauthorizedClient("this client is not an admin client")
+        body = decode_json_body(await limited_body(request, MAX_FORM_BYTES))
+        selector, value, reason = _kill_order(body)
+        outcome = await self._revocations.revoke(
+            selector, value, requested_by=f"client:{client.name}", context=context, reason=reason
+        )
+        return 200, outcome.body(), {}
+
+
+def _kill_order(body: object) -> tuple[str, str, str | None]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = sorted(k for k in body if k not in (*SELECTORS, "reason"))
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) {', '.join(map(repr, unknown))}")
+    named = [k for k in SELECTORS if k in body]
+    if len(named) != 1:
+        raise InvalidRequest(f"name exactly one of: {', '.join(SELECTORS)}")
+    value, reason = body[named[0]], body.get("reason")
+    if not isinstance(value, str) or (reason is not None and not isinstance(reason, str)):
+        raise InvalidRequest(f"`{named[0]}` and `reason` must be strings")
+    return named[0], value, reason
+
+
+def _text_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
