@@ -48,11 +48,16 @@ _ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s#]+$")
 # A policy denial, named as the token endpoint names it: the first matching rule decides.
 _DENIAL_CODES: tuple[tuple[str, type[OAuthError]], ...] = (
     ("workflow.agents", UnauthorizedClient),
-    ("delegation.", InvalidRequest),
+    ("delegation.sub_agents", InvalidRequest),
+    ("delegation.cycle", InvalidRequest),
+    ("delegation.depth", InvalidRequest),
+    ("delegation.user", InvalidRequest),
+    ("delegation.may_act", InvalidRequest),
     ("workflow.tiers", InvalidRequest),
     ("workflow.tools", InvalidTarget),
+    ("delegation.audience", InvalidTarget),
     ("workflow.scopes", InvalidScope),
-    ("ttl.", InvalidRequest),
+    ("delegation.scopes", InvalidScope),
 )
 
 
