@@ -47,13 +47,8 @@ def exchange(
 
 def alice_credential(d: Deployment, client: httpx.Client, **params: Any) -> dict[str, Any]:
     """The support agent exchanges alice's token for a customer_data_api credential."""
-    response = exchange(
-        client,
-        subject=d.idp.user_token("alice", "pro"),
-        actor=d.svid(),
-        resource=CRM,
-        **params,
-    )
+    params.setdefault("resource", CRM)
+    response = exchange(client, subject=d.idp.user_token("alice", "pro"), actor=d.svid(), **params)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body

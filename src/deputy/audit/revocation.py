@@ -79,15 +79,16 @@ class RevocationList:
         for r in revocations:
             key = (r.selector, r.value)
             held = self._index.get(key)
-            # The latest cut-off wins: a later kill covers everything an earlier one did.
-            if held is None or r.issued_before >= held.issued_before:
-                self._index[key] = Revocation(
+            if held is not None:
+                # Order-independent: the latest cut-off covers everything an earlier one did.
+                r = Revocation(
                     r.selector,
                     r.value,
-                    r.issued_before,
-                    max(r.expires_at, held.expires_at if held else 0),
-                    r.id,
+                    max(r.issued_before, held.issued_before),
+                    max(r.expires_at, held.expires_at),
+                    max(r.id, held.id),
                 )
+            self._index[key] = r
             self.last_id = max(self.last_id, r.id)
 
     def prune(self, now: float) -> None:

@@ -1,4 +1,4 @@
-"""`deputy` command: serve, keys, audit, demo."""
+"""`deputy` command: serve, keys, audit, revoke, clients, demo."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from deputy.cli import audit, keys
+from deputy.cli import audit, clients, keys
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
+from deputy.cli.revoke import revoke
 from deputy.clock import SystemClock
 from deputy.errors import ConfigError
 
@@ -21,6 +22,8 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
+app.add_typer(clients.app, name="clients")
+app.command()(revoke)
 
 
 @app.command()

@@ -34,9 +34,12 @@ def parse_form(
     body: bytes, content_type: str | None, *, repeatable: frozenset[str] = frozenset()
 ) -> Form:
     """Parse a form body; an empty value counts as absent (RFC 6749 §3.1)."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media != "application/x-www-form-urlencoded":
+    media, _, parameters = (content_type or "").partition(";")
+    if media.strip().lower() != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+    charset = parameters.strip().lower().removeprefix("charset=").strip('"')
+    if parameters.strip() and charset not in ("utf-8", "utf8"):
+        raise InvalidRequest("form bodies are UTF-8 (RFC 6749 Appendix B)")
     if len(body) > MAX_FORM_BYTES:
         raise InvalidRequest(f"the body exceeds {MAX_FORM_BYTES} bytes")
     try:
@@ -52,10 +55,12 @@ def parse_form(
         raise InvalidRequest("the body is not a valid form") from None
     values: dict[str, list[str]] = {}
     for name, value in pairs:
+        if not name:
+            raise InvalidRequest("a parameter has no name")
         if not value:
             continue
         if not name.isprintable() or not value.isprintable():
-            raise InvalidRequest(f"parameter {name[:32]!r} holds control characters")
+            raise InvalidRequest(f"parameter {name[:32]!r} holds non-printable characters")
         seen = values.setdefault(name, [])
         if seen and name not in repeatable:
             raise InvalidRequest(f"parameter {name[:32]!r} is repeated")

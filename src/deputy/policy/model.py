@@ -13,10 +13,10 @@ from deputy.config.settings import Settings
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """Workload-id glob: ``*`` matches within one path segment, ``**`` across segments."""
+    """Workload-id glob: ``*`` matches one non-empty path segment, ``**`` across segments."""
     parts = re.split(r"(\*\*|\*)", pattern)
     regex = "".join(
-        ".*" if p == "**" else "[^/]*" if p == "*" else re.escape(p) for p in parts if p
+        ".*" if p == "**" else "[^/]+" if p == "*" else re.escape(p) for p in parts if p
     )
     return re.compile(f"^{regex}$")
 
@@ -54,7 +54,7 @@ class Workflow:
         return _any_of(self.delegate_to)
 
     def admits(self, workload_id: str) -> bool:
-        return self._pattern.match(workload_id) is not None
+        return bool(self.agents) and self._pattern.match(workload_id) is not None
 
     def may_delegate_to(self, workload_id: str) -> bool:
         """Whether a sub-agent may exchange this workflow's credentials for its own."""

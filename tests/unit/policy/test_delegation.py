@@ -362,3 +362,19 @@ def test_one_failing_tool_denies_the_grants_of_the_others() -> None:
 def test_may_delegate_to(delegate_to: tuple[str, ...], workload: str, expected: bool) -> None:
     wf = workflow("w", delegate_to=delegate_to)
     assert wf.may_delegate_to(workload) is expected
+
+
+def test_star_needs_a_non_empty_segment_and_no_agents_admit_no_one() -> None:
+    wf = Workflow(
+        "w",
+        ("spiffe://ex/agents/*",),
+        "user_token",
+        None,
+        {},
+        1,
+        1,
+        delegate_to=("spiffe://ex/sub/*",),
+    )
+    assert wf.admits("spiffe://ex/agents/a") and not wf.admits("spiffe://ex/agents/")
+    assert not wf.may_delegate_to("spiffe://ex/sub/")
+    assert not Workflow("none", (), "none", None, {}, 1, 1).admits("anything")

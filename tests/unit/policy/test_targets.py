@@ -106,9 +106,7 @@ def test_shared_target_with_tool_name_disambiguates() -> None:
 def test_undeclared_existing_tool_is_passed_through() -> None:
     # The decision, not target resolution, reports it (rule workflow.tools).
     assert dict(resolve(("payments",), None)) == {"payments": None}
-    assert dict(resolve(("https://pay.example",), ("pay:charge",))) == {
-        "payments": ("pay:charge",)
-    }
+    assert dict(resolve(("https://pay.example",), ("pay:charge",))) == {"payments": ("pay:charge",)}
 
 
 # --- scopes distributed over targets -------------------------------------------------------
@@ -174,9 +172,7 @@ def test_no_target_scope_held_by_no_tool_is_invalid_target() -> None:
 def test_no_target_and_no_scopes_is_invalid_target() -> None:
     with pytest.raises(InvalidTarget) as caught:
         resolve((), None)
-    assert caught.value.description == (
-        "name at least one `resource` or `audience` (or a `scope`)"
-    )
+    assert caught.value.description == "name at least one `resource` or `audience` (or a `scope`)"
 
 
 def test_no_target_and_empty_scopes_is_invalid_target() -> None:
