@@ -18,6 +18,8 @@ from deputy.audit.record import DecisionRecord, IssuedCredential
 from deputy.clock import FakeClock
 from deputy.errors import StoreUnavailable
 from deputy.store.sqlite import SqliteAuditLog, open_audit_log
+from deputy.store.sqlite.audit_reader import SqliteAuditReader
+from deputy.store.sqlite.audit_tables import SCHEMA
 
 KEY = b"audit-head-key-for-tests-32bytes!"
 IDP = "https://idp.example"
@@ -441,3 +443,84 @@ async def test_in_process_log_signs_only_with_a_signer(db: Path, tmp_path: Path)
     with SqliteAuditLog(db, KEY, signer=TokenSigner(ring)) as signed:
         [token] = await signed.append(make_record(2), [{"jti": "jti-2"}])
         assert token.count(".") == 2 and seqs(signed) == [1]
+
+
+def revocation_record(i: int, value: str) -> DecisionRecord:
+    return make_record(
+        i,
+        outcome="revoke",
+        credentials=(),
+        requested_by="client:security-team",
+        revocation={
+            "selector": "execution_id",
+            "value": value,
+            "issued_before": int(T0) + i,
+            "expires_at": int(T0) + i + 86_400,
+            "reason": None,
+            "live_credentials": 1,
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("statements", "first_bad", "words"),
+    [
+        (["DELETE FROM revocations WHERE seq = 4"], 4, "revocation rows of record 4"),
+        (["UPDATE revocations SET value = 'other' WHERE seq = 4"], 4, "revocation rows"),
+        (["UPDATE revocations SET issued_before = 0 WHERE seq = 6"], 6, "revocation rows"),
+        (
+            [
+                "INSERT INTO revocations (seq, selector, value, issued_before, expires_at)"
+                " VALUES (99, 'user_id', 'x', 1, 2)"
+            ],
+            8,
+            "belongs to no record",
+        ),
+    ],
+    ids=["deleted", "value-edited", "cut-off-edited", "orphan"],
+)
+async def test_revocation_rows_are_checked_against_their_records(
+    db: Path, statements: list[str], first_bad: int, words: str
+) -> None:
+    with SqliteAuditLog(db, KEY) as audit_log:
+        for i in range(1, 8):
+            record = revocation_record(i, f"exec-{i}") if i in (4, 6) else make_record(i)
+            await audit_log.append(record)
+        assert audit_log.verify().ok
+    raw(db, *statements)
+    with SqliteAuditLog(db, KEY) as audit_log:
+        report = audit_log.verify()
+    assert not report.ok
+    assert report.first_bad_seq == first_bad, report.problem
+    assert words in (report.problem or "")
+
+
+async def test_revocations_are_read_back_in_order_until_they_expire(db: Path) -> None:
+    with SqliteAuditLog(db, KEY) as audit_log:
+        await audit_log.append(revocation_record(1, "exec-a"))
+        await audit_log.append(make_record(2))
+        await audit_log.append(revocation_record(3, "exec-b"))
+    reader = SqliteAuditReader(db, KEY)
+    found = await reader.revocations_after(0, T0)
+    assert [(r.value, r.id) for r in found] == [("exec-a", 1), ("exec-b", 2)]
+    assert [r.value for r in await reader.revocations_after(1, T0)] == ["exec-b"]
+    assert await reader.revocations_after(0, T0 + 2 + 86_400) == [
+        r for r in found if r.value == "exec-b"
+    ]
+    entry = await reader.credential("jti-2")
+    assert entry is not None and entry.user_id == "user-2" and entry.execution_id == "exec-2"
+    assert await reader.credential("nope") is None
+    live = await reader.live("execution_id", "exec-2", T0)
+    assert (live.credentials, live.users, live.latest_expiry) == (1, 1, int(T0) + 2 + 300)
+
+
+def test_a_version_1_store_is_migrated(db: Path) -> None:
+    raw(db, *SCHEMA, "PRAGMA user_version = 1")
+    with SqliteAuditLog(db, KEY) as audit_log:
+        assert audit_log.verify().ok
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("SELECT COUNT(*) FROM revocations").fetchone() == (0,)
+    finally:
+        conn.close()

@@ -21,6 +21,7 @@ from deputy.store.sqlite.audit_tables import (
     CREDENTIAL_ROWS_SQL,
     READ_HEAD,
     RECORD_ROWS_SQL,
+    REVOCATION_ROWS_SQL,
     RowChecker,
     head_from_row,
     select_records,
@@ -61,7 +62,11 @@ class SqliteAuditReader:
                 conn.execute("BEGIN")
                 head_row = conn.execute(READ_HEAD).fetchone()
                 verifier = ChainVerifier(self._head_key)
-                checker = RowChecker(verifier, conn.execute(CREDENTIAL_ROWS_SQL))
+                checker = RowChecker(
+                    verifier,
+                    conn.execute(CREDENTIAL_ROWS_SQL),
+                    conn.cursor().execute(REVOCATION_ROWS_SQL),
+                )
                 for row in conn.execute(RECORD_ROWS_SQL):
                     if not checker.check(row):
                         break

@@ -91,6 +91,9 @@ CREDENTIAL_ROWS_SQL = (
     " FROM credentials"
     " ORDER BY seq, jti"
 )
+REVOCATION_ROWS_SQL = (
+    "SELECT seq, selector, value, issued_before, expires_at FROM revocations ORDER BY seq, id"
+)
 
 
 def select_records(audit_filter: AuditFilter) -> tuple[str, list[Any]]:
@@ -130,13 +133,43 @@ def _blob(value: Any) -> bytes:
     return b""
 
 
+class _DerivedRows:
+    """Rows of a table derived from record bodies, read in step with the records (by seq)."""
+
+    def __init__(self, rows: Iterable[tuple[Any, ...]], what: str) -> None:
+        self._rows: Iterator[tuple[Any, ...]] = iter(rows)
+        self._pending = next(self._rows, None)
+        self.what = what
+
+    def take(self, seq: int) -> tuple[Counter[tuple[Any, ...]], str | None]:
+        """The rows of record ``seq`` (without seq), or a problem with the ones before it."""
+        stored: Counter[tuple[Any, ...]] = Counter()
+        while self._pending is not None and (
+            not isinstance(self._pending[0], int) or self._pending[0] <= seq
+        ):
+            row = tuple(_text(value) for value in self._pending)
+            self._pending = next(self._rows, None)
+            if row[0] != seq:
+                return stored, f"{self.what} {row[1]} before record {seq} belongs to no record"
+            stored[row[1:]] += 1
+        return stored, None
+
+    def leftover(self) -> str | None:
+        return None if self._pending is None else str(_text(self._pending[1]))
+
+
 class RowChecker:
     """Feeds stored rows to the chain verifier and checks the tables derived from each body."""
 
-    def __init__(self, verifier: ChainVerifier, credential_rows: Iterable[tuple[Any, ...]]) -> None:
+    def __init__(
+        self,
+        verifier: ChainVerifier,
+        credential_rows: Iterable[tuple[Any, ...]],
+        revocation_rows: Iterable[tuple[Any, ...]] = (),
+    ) -> None:
         self._verifier = verifier
-        self._credentials: Iterator[tuple[Any, ...]] = iter(credential_rows)
-        self._pending = next(self._credentials, None)
+        self._credentials = _DerivedRows(credential_rows, "credential")
+        self._revocations = _DerivedRows(revocation_rows, "revocation of")
         self._last_seq = 0
 
     def check(self, row: tuple[Any, ...]) -> bool:
@@ -153,17 +186,25 @@ class RowChecker:
         if not isinstance(data, dict):
             self._verifier.fail(seq, f"record {seq} body is not a JSON object")
             return False
-        problem = self._column_problem(seq, data, row[4:]) or self._credential_problem(seq, data)
+        problem = (
+            self._column_problem(seq, data, row[4:])
+            or self._credential_problem(seq, data)
+            or self._revocation_problem(seq, data)
+        )
         if problem is not None:
             self._verifier.fail(seq, problem)
             return False
         return True
 
     def finish(self) -> None:
-        """Credential rows left over belong to no record."""
-        if self._pending is not None:
-            seq = self._last_seq + 1
-            self._verifier.fail(seq, f"credential {_text(self._pending[1])} belongs to no record")
+        """Derived rows left over belong to no record."""
+        for rows in (self._credentials, self._revocations):
+            leftover = rows.leftover()
+            if leftover is not None:
+                self._verifier.fail(
+                    self._last_seq + 1, f"{rows.what} {leftover} belongs to no record"
+                )
+                return
 
     @staticmethod
     def _column_problem(seq: int, data: dict[str, Any], columns: tuple[Any, ...]) -> str | None:
@@ -173,15 +214,9 @@ class RowChecker:
         return None
 
     def _credential_problem(self, seq: int, data: dict[str, Any]) -> str | None:
-        stored: Counter[tuple[Any, ...]] = Counter()
-        while self._pending is not None and (
-            not isinstance(self._pending[0], int) or self._pending[0] <= seq
-        ):
-            row = tuple(_text(value) for value in self._pending)
-            self._pending = next(self._credentials, None)
-            if row[0] != seq:
-                return f"credential {row[1]} before record {seq} belongs to no record"
-            stored[row[1:]] += 1
+        stored, problem = self._credentials.take(seq)
+        if problem is not None:
+            return problem
         expected: Counter[tuple[Any, ...]] = Counter()
         for cred in data.get("credentials") or ():
             if not isinstance(cred, dict):
@@ -196,6 +231,19 @@ class RowChecker:
             expected[(*key, cred.get("expires_at"), data.get("time"))] += 1
         if stored != expected:
             return f"credential rows of record {seq} do not match its hashed body"
+        return None
+
+    def _revocation_problem(self, seq: int, data: dict[str, Any]) -> str | None:
+        stored, problem = self._revocations.take(seq)
+        if problem is not None:
+            return problem
+        expected: Counter[tuple[Any, ...]] = Counter()
+        revocation = data.get("revocation")
+        if isinstance(revocation, dict):
+            names = ("selector", "value", "issued_before", "expires_at")
+            expected[tuple(revocation.get(n) for n in names)] += 1
+        if stored != expected:
+            return f"revocation rows of record {seq} do not match its hashed body"
         return None
 
 
