@@ -471,3 +471,18 @@ def test_the_broker_process_holds_no_private_signing_key(broker: Broker) -> None
     keys = server.broker.key_ring.all_keys()
     assert keys and all(k.key.private_key is None for k in keys)
     assert client.get("/.well-known/jwks.json").json() == server.broker.key_ring.jwks()
+
+
+def test_agent_acting_as_itself_names_no_user(deployment: Deployment, broker: Broker) -> None:
+    server, client = broker
+    agent = "spiffe://prod.example/agents/price-sync"
+    svid = deployment.svid("/agents/price-sync")
+    response = post(client, svid, {"agent_id": "ps-1", "tools": ["pricing_api"]})
+    assert response.status_code == 200, response.text
+    token = response.json()["credentials"]["pricing_api"]["access_token"]
+    claims = pyjwt.decode(token, options={"verify_signature": False})
+    assert claims["sub"] == agent and claims["delegation"] == "none" and "act" not in claims
+    assert records(server)[-1]["user_id"] == agent
+    named = post(client, svid, {"agent_id": "ps-1", "tools": ["pricing_api"], "user_id": "bob"})
+    assert (named.status_code, named.json()["error"]) == (400, "invalid_request")
+    assert "acts for no user" in named.json()["error_description"]
