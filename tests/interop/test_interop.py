@@ -24,6 +24,7 @@ import jwt as pyjwt
 import pytest
 from authlib.common.urls import add_params_to_qs
 from joserfc import jwt as jose_jwt
+from joserfc.errors import InvalidClaimError
 from joserfc.jwk import KeySet
 
 from tests.integration.deployment import Deployment, running, write_deployment
@@ -229,7 +230,10 @@ def test_authlib_token_exchange_with_client_assertion(
 ) -> None:
     wire = Wire()
     with authlib_client(
-        broker, wire, agent="/agents/support/triage", assertion_type=assertion_type,
+        broker,
+        wire,
+        agent="/agents/support/triage",
+        assertion_type=assertion_type,
         client_id=client_id,
     ) as client:
         token = client.fetch_token(
@@ -298,7 +302,9 @@ def crm_credential(broker: Broker) -> str:
     return access_token
 
 
-@pytest.mark.parametrize("verify", [verify_with_pyjwt, verify_with_joserfc], ids=["pyjwt", "joserfc"])
+@pytest.mark.parametrize(
+    "verify", [verify_with_pyjwt, verify_with_joserfc], ids=["pyjwt", "joserfc"]
+)
 def test_credentials_verify_with_published_keys_only(
     broker: Broker, crm_credential: str, verify: Any
 ) -> None:
@@ -312,8 +318,83 @@ def test_credentials_verify_with_published_keys_only(
     assert 295 <= claims["exp"] - claims["iat"] <= 300
 
 
-def test_libraries_refuse_another_audience_or_issuer(broker: Broker, crm_credential: str) -> None:
+def test_libraries_refuse_a_credential_for_another_audience(
+    broker: Broker, crm_credential: str
+) -> None:
     with pytest.raises(pyjwt.InvalidAudienceError):
         verify_with_pyjwt(broker, crm_credential, PRICING)
-    with pytest.raises(jose_jwt.InvalidClaimError if hasattr(jose_jwt, "InvalidClaimError") else Exception):
+    with pytest.raises(InvalidClaimError, match="aud"):
         verify_with_joserfc(broker, crm_credential, PRICING)
+
+
+# --- the act chain: RFC 8693 §4.1 delegation, decoded and introspected --------------------
+
+
+def test_act_chain_round_trips_through_authlib_pyjwt_joserfc_and_introspection(
+    broker: Broker,
+) -> None:
+    url, svid = token_endpoint(broker), broker.deployment.svid
+    # Agent A proves itself with its SVID as the actor_token; Authlib sends it as a public
+    # client (auth method "none": only client_id in the form).
+    with OAuth2Client(
+        client_id=SUPPORT_ID, token_endpoint_auth_method="none", timeout=30
+    ) as agent_a:
+        parent = agent_a.fetch_token(
+            url,
+            grant_type=TOKEN_EXCHANGE,
+            subject_token=broker.deployment.idp.user_token("alice", "pro"),
+            subject_token_type=ID_TOKEN,
+            actor_token=svid("/agents/support/triage"),
+            actor_token_type=JWT,
+            resource=CRM,
+            scope="accounts:read",
+        )
+    assert parent["issued_token_type"] == ACCESS_TOKEN
+    # Sub-agent B exchanges A's credential: its SVID is the actor_token, and a fresh one the
+    # client assertion (both must name the same workload).
+    wire = Wire()
+    with authlib_client(broker, wire, agent=RESEARCH) as agent_b:
+        child = agent_b.fetch_token(
+            url,
+            grant_type=TOKEN_EXCHANGE,
+            subject_token=parent["access_token"],
+            subject_token_type=ACCESS_TOKEN,
+            actor_token=svid(RESEARCH),
+            actor_token_type=JWT,
+            resource=CRM,
+        )
+    [(_, form)] = wire.sent
+    assert form["actor_token_type"] == [JWT] and form["subject_token_type"] == [ACCESS_TOKEN]
+    assert child["issued_token_type"] == ACCESS_TOKEN and child["token_type"] == "Bearer"
+    assert child["scope"] == "accounts:read" and child["audience"] == CRM
+    assert_expiry(child, 120)  # support-research's default ttl
+
+    chain = {"sub": RESEARCH_ID, "act": {"sub": SUPPORT_ID}}
+    _, by_pyjwt = verify_with_pyjwt(broker, child["access_token"], CRM)
+    header, by_joserfc = verify_with_joserfc(broker, child["access_token"], CRM)
+    assert header["typ"] == "at+jwt"
+    assert by_pyjwt == by_joserfc
+    assert by_pyjwt["act"] == chain
+    assert by_pyjwt["sub"] == "alice" and by_pyjwt["client_id"] == RESEARCH_ID
+
+    # The CRM resource server introspects B's credential with Authlib (client_secret_basic).
+    assert "client_secret_basic" in broker.metadata["introspection_endpoint_auth_methods_supported"]
+    with OAuth2Client(
+        client_id="crm-api",
+        client_secret=SECRETS["crm-api"],
+        token_endpoint_auth_method="client_secret_basic",
+        timeout=30,
+    ) as crm:
+        response = crm.introspect_token(
+            broker.local(broker.metadata["introspection_endpoint"]),
+            token=child["access_token"],
+            token_type_hint="access_token",
+        )
+    assert response.status_code == 200, response.text
+    introspected = response.json()
+    assert introspected["active"] is True and introspected["token_type"] == "Bearer"
+    assert introspected["act"] == chain
+    assert introspected["sub"] == "alice" and introspected["client_id"] == RESEARCH_ID
+    assert {k: v for k, v in introspected.items() if k not in ("active", "token_type")} == (
+        by_pyjwt
+    )
