@@ -29,14 +29,17 @@ def test_demo_runs_end_to_end_and_audit_cli_answers(tmp_path: Path, capsys) -> N
         "delegation.user:",
         "429 rate_limited",
         "401 invalid_token",
-        "chain ok: 29 records",
+        '"act": {',
+        "2 live credentials revoked",
+        "subject_token rejected: it has been revoked",
+        "chain ok: 33 records",
     ]:
         assert expected in out
     config = str(directory / "deputy.yaml")
     execution = out.split("audit trail of execution ")[1].split()[0]
 
     verify = deputy("audit", "verify", "--config", config)
-    assert verify.returncode == 0 and "audit chain ok: 29 records" in verify.stdout
+    assert verify.returncode == 0 and "audit chain ok: 33 records" in verify.stdout
 
     by_execution = deputy("audit", "query", "--config", config, "--execution", execution, "--json")
     [record] = [json.loads(line) for line in by_execution.stdout.splitlines()]

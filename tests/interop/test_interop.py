@@ -4,6 +4,7 @@
   performs an RFC 8693 token exchange and an RFC 6749 §4.4 client-credentials grant,
   authenticating with the agent's JWT-SVID as an RFC 7523 client assertion (``jwt-spiffe``
   and ``jwt-bearer``) through a client auth method registered the Authlib way.
+- Authlib's RFC 8414 metadata validator checks the discovery document.
 - PyJWT and joserfc verify the minted credentials using only the published metadata and JWKS,
   including the RFC 9068 ``typ: at+jwt`` header.
 - A sub-agent's exchange (done with Authlib) nests ``act`` (RFC 8693 §4.1); both libraries
@@ -23,6 +24,7 @@ import httpx
 import jwt as pyjwt
 import pytest
 from authlib.common.urls import add_params_to_qs
+from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from joserfc import jwt as jose_jwt
 from joserfc.errors import InvalidClaimError
 from joserfc.jwk import KeySet
@@ -44,9 +46,10 @@ from tests.integration.oauth_client import (
     with_clients,
 )
 
-# Authlib 1.9 warns on import when the `httpx2` package is absent and it falls back to httpx.
-# That warning is about Authlib's own packaging, not about anything Deputy does; only it is
-# silenced, only for this import (pytest turns warnings into errors, also at collection).
+# Authlib 1.9 warns on import when the `httpx2` package is absent and it falls back to httpx
+# (its own "always" filter keeps `filterwarnings = error` from raising, so it would only
+# clutter every run's summary). It is about Authlib's packaging, not Deputy: only that
+# message is silenced, and only for this import.
 with warnings.catch_warnings():
     from authlib.deprecate import AuthlibDeprecationWarning
 
@@ -175,7 +178,7 @@ def verify_with_pyjwt(broker: Broker, token: str, audience: str) -> tuple[dict[s
 def verify_with_joserfc(broker: Broker, token: str, audience: str) -> tuple[dict[str, Any], ...]:
     """joserfc with only the published metadata and JWKS: the verified header and claims."""
     meta = broker.metadata
-    keys = KeySet.import_key_set(broker.jwks())  # type: ignore[arg-type]
+    keys = KeySet.import_key_set(broker.jwks())
     decoded = jose_jwt.decode(
         token, keys, algorithms=meta["access_token_signing_alg_values_supported"]
     )
@@ -217,6 +220,21 @@ def test_metadata_announces_what_the_clients_use(broker: Broker) -> None:
     assert {"accounts:read", "rates:read"} <= set(meta["scopes_supported"])
 
 
+def test_authlib_validates_the_metadata_but_for_empty_response_types(broker: Broker) -> None:
+    metadata = AuthorizationServerMetadata(broker.metadata)
+    failures: dict[str, str] = {}
+    for key in metadata.REGISTRY_KEYS:
+        try:
+            getattr(metadata, f"validate_{key}")()
+        except ValueError as exc:
+            failures[key] = str(exc)
+    # RFC 8414 §2 makes response_types_supported REQUIRED; Deputy has no authorization
+    # endpoint and sends []. Authlib tests `if not value`, so an empty array counts as absent
+    # and `AuthorizationServerMetadata.validate()` refuses the whole document.
+    assert broker.metadata["response_types_supported"] == []
+    assert failures == {"response_types_supported": '"response_types_supported" is required'}
+
+
 # --- Authlib: RFC 8693 token exchange with a client assertion -----------------------------
 
 
@@ -256,7 +274,7 @@ def test_authlib_token_exchange_with_client_assertion(
     assert token["scope"] == "accounts:read"
     assert token["audience"] == CRM
     assert_expiry(token, 300)
-    claims = pyjwt.decode(token["access_token"], options={"verify_signature": False})
+    _, claims = verify_with_pyjwt(broker, token["access_token"], CRM)
     assert claims["sub"] == "alice" and claims["aud"] == CRM
     assert claims["client_id"] == SUPPORT_ID and claims["act"] == {"sub": SUPPORT_ID}
     assert claims["scope"] == "accounts:read"
@@ -306,7 +324,7 @@ def crm_credential(broker: Broker) -> str:
     "verify", [verify_with_pyjwt, verify_with_joserfc], ids=["pyjwt", "joserfc"]
 )
 def test_credentials_verify_with_published_keys_only(
-    broker: Broker, crm_credential: str, verify: Any
+    broker: Broker, crm_credential: str, verify: Callable[..., tuple[dict[str, Any], ...]]
 ) -> None:
     header, claims = verify(broker, crm_credential, CRM)
     assert header["typ"] == "at+jwt"  # RFC 9068 §2.1
@@ -336,8 +354,12 @@ def test_act_chain_round_trips_through_authlib_pyjwt_joserfc_and_introspection(
     url, svid = token_endpoint(broker), broker.deployment.svid
     # Agent A proves itself with its SVID as the actor_token; Authlib sends it as a public
     # client (auth method "none": only client_id in the form).
+    wire_a = Wire()
     with OAuth2Client(
-        client_id=SUPPORT_ID, token_endpoint_auth_method="none", timeout=30
+        client_id=SUPPORT_ID,
+        token_endpoint_auth_method="none",
+        timeout=30,
+        event_hooks={"request": [wire_a]},
     ) as agent_a:
         parent = agent_a.fetch_token(
             url,
@@ -349,7 +371,11 @@ def test_act_chain_round_trips_through_authlib_pyjwt_joserfc_and_introspection(
             resource=CRM,
             scope="accounts:read",
         )
-    assert parent["issued_token_type"] == ACCESS_TOKEN
+    [(headers_a, form_a)] = wire_a.sent
+    assert "authorization" not in headers_a and "client_assertion" not in form_a
+    assert form_a["client_id"] == [SUPPORT_ID] and form_a["actor_token_type"] == [JWT]
+    assert parent["issued_token_type"] == ACCESS_TOKEN and parent["scope"] == "accounts:read"
+    assert_expiry(parent, 300)
     # Sub-agent B exchanges A's credential: its SVID is the actor_token, and a fresh one the
     # client assertion (both must name the same workload).
     wire = Wire()
@@ -365,6 +391,7 @@ def test_act_chain_round_trips_through_authlib_pyjwt_joserfc_and_introspection(
         )
     [(_, form)] = wire.sent
     assert form["actor_token_type"] == [JWT] and form["subject_token_type"] == [ACCESS_TOKEN]
+    assert form["client_assertion_type"] == [JWT_SPIFFE]
     assert child["issued_token_type"] == ACCESS_TOKEN and child["token_type"] == "Bearer"
     assert child["scope"] == "accounts:read" and child["audience"] == CRM
     assert_expiry(child, 120)  # support-research's default ttl
@@ -373,9 +400,10 @@ def test_act_chain_round_trips_through_authlib_pyjwt_joserfc_and_introspection(
     _, by_pyjwt = verify_with_pyjwt(broker, child["access_token"], CRM)
     header, by_joserfc = verify_with_joserfc(broker, child["access_token"], CRM)
     assert header["typ"] == "at+jwt"
+    for claims in (by_pyjwt, by_joserfc):
+        assert claims["act"] == chain
+        assert claims["sub"] == "alice" and claims["client_id"] == RESEARCH_ID
     assert by_pyjwt == by_joserfc
-    assert by_pyjwt["act"] == chain
-    assert by_pyjwt["sub"] == "alice" and by_pyjwt["client_id"] == RESEARCH_ID
 
     # The CRM resource server introspects B's credential with Authlib (client_secret_basic).
     assert "client_secret_basic" in broker.metadata["introspection_endpoint_auth_methods_supported"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 from typing import Annotated
 
@@ -11,15 +10,8 @@ import typer
 
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
 from deputy.clock import SystemClock
-from deputy.config.settings import Settings
 from deputy.errors import OAuthError
-from deputy.ids import IdSource
-from deputy.server.wiring import open_published_keys
-from deputy.service.context import RequestContext
-from deputy.service.revocation import RevocationOutcome, Revocations
-from deputy.store.sqlite.audit import open_audit_log
-from deputy.store.sqlite.audit_reader import open_audit_reader
-from deputy.tokens.verify import CredentialVerifier
+from deputy.server.wiring import revoke_now
 
 
 def revoke(
@@ -61,7 +53,7 @@ def revoke(
     settings = load_or_exit(config)
     clock = SystemClock()
     try:
-        outcome = asyncio.run(_revoke(settings, clock, selector, value, reason))
+        outcome = asyncio.run(revoke_now(settings, selector, value, reason, clock))
     except OAuthError as err:
         typer.echo(f"error: {err.description}", err=True)
         raise typer.Exit(1) from None
@@ -72,27 +64,3 @@ def revoke(
         f"revoked {selector}={value}: {outcome.live.credentials} live credential(s) for "
         f"{outcome.live.users} user(s); audit record {outcome.decision_id}"
     )
-
-
-async def _revoke(
-    settings: Settings, clock: SystemClock, selector: str, value: str, reason: str | None
-) -> RevocationOutcome:
-    reader = open_audit_reader(settings.data_dir)
-    audit = open_audit_log(settings.data_dir, clock=clock)
-    try:
-        revocations = Revocations(
-            issuer=settings.issuer,
-            ledger=reader,
-            audit=audit,
-            credentials=CredentialVerifier(
-                settings.issuer, open_published_keys(settings, clock), clock
-            ),
-            clock=clock,
-            ids=IdSource(clock),
-        )
-        context = RequestContext("cli", None, "cli:revoke")
-        return await revocations.revoke(
-            selector, value, requested_by=f"cli:{getpass.getuser()}", context=context, reason=reason
-        )
-    finally:
-        await audit.aclose()

@@ -17,11 +17,14 @@ from deputy.clock import SystemClock
 from deputy.config import load_settings
 from deputy.devtools.broker_thread import BrokerThread
 from deputy.devtools.example import ExampleIdentities, example_config, write_example_trust
+from deputy.server.wiring import revoke_now
 from deputy.store.sqlite.audit_reader import open_audit_reader
 
 MARKER = ".deputy-demo"
 SUPPORT_AGENT = "/agents/support/triage"
 ESCALATION_SA = "system:serviceaccount:support:escalation"
+RESEARCH_AGENT = "/agents/research/r1"
+CRM = "https://crm.internal"
 
 
 def _section(title: str) -> None:
@@ -69,6 +72,34 @@ async def seed_snippet(
         )
         credentials: dict[str, Any] = response.json()["credentials"]
         return credentials
+
+
+def _exchange_form(
+    subject: str, kind: str, actor: str, resource: str, scope: str | None = None
+) -> dict[str, str]:
+    """An RFC 8693 exchange; ``kind`` is ``id_token`` (a user's) or ``access_token`` (Deputy's)."""
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": subject,
+        "subject_token_type": f"urn:ietf:params:oauth:token-type:{kind}",
+        "actor_token": actor,
+        "actor_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "resource": resource,
+    }
+    if scope is not None:
+        form["scope"] = scope
+    return form
+
+
+def _exchange(
+    http: httpx.Client, subject: str, kind: str, actor: str, resource: str, scope: str | None = None
+) -> dict[str, Any]:
+    response = http.post(
+        "/oauth2/token", data=_exchange_form(subject, kind, actor, resource, scope)
+    )
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def run_demo(directory: Path) -> int:
@@ -160,7 +191,29 @@ def run_demo(directory: Path) -> int:
         for tool, cred in creds.items():
             print(f"- {tool}: scope '{cred['scope']}', audience {cred['audience']}")
 
-        _section(f"4. audit trail of execution {execution}")
+        _section("4. RFC 8693: a sub-agent continues the execution, then the kill switch")
+        parent = _exchange(http, alice, "id_token", svid, CRM, "accounts:read")
+        print(f"support agent: {parent['issued_token_type']} for {parent['audience']}")
+        research_svid = svids.jwt_svid(RESEARCH_AGENT)
+        child = _exchange(http, parent["access_token"], "access_token", research_svid, CRM)
+        claims = jwt.decode(child["access_token"], jwks, algorithms=["ES256", "ES384"]).claims
+        print("research sub-agent's credential, as the CRM sees it:")
+        shown = ("sub", "aud", "scope", "client_id", "act", "execution_id", "workflow")
+        print("  " + json.dumps({k: claims[k] for k in shown}, indent=2).replace("\n", "\n  "))
+        outcome = asyncio.run(
+            revoke_now(settings, "execution_id", parent["execution_id"], "demo: incident drill")
+        )
+        print(
+            f"deputy revoke --execution {parent['execution_id']}: "
+            f"{outcome.live.credentials} live credentials revoked"
+        )
+        again = http.post(
+            "/oauth2/token",
+            data=_exchange_form(parent["access_token"], "access_token", research_svid, CRM),
+        )
+        _show_denial("exchanging a revoked credential", again)
+
+        _section(f"5. audit trail of execution {execution}")
         for stored in broker.broker.audit_reader.query(AuditFilter(execution_id=execution)):
             r = stored.record
             print(
@@ -176,7 +229,7 @@ def run_demo(directory: Path) -> int:
         denied = sum(1 for s in decisions if s.record["outcome"] == "deny")
         print(f"agent instance triage-7f9c: {len(decisions)} decisions, {denied} denied")
 
-    _section("5. audit verify")
+    _section("6. audit verify")
     report = open_audit_reader(settings.data_dir).verify()
     print(
         f"chain {'ok' if report.ok else 'BROKEN'}: {report.records} records"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from deputy.clock import Clock
+from deputy.clock import Clock, SystemClock
 from deputy.config.loader import is_url
 from deputy.config.settings import Settings
 from deputy.errors import ConfigError
@@ -31,10 +32,12 @@ from deputy.oauth.client_auth import ClientAuthenticator, ClientEntry, ReplayCac
 from deputy.oauth.endpoints import endpoint_urls
 from deputy.policy.model import Policy, policy_from_settings
 from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore
+from deputy.service.context import RequestContext
 from deputy.service.introspection import Introspection
 from deputy.service.issuance import IssuanceService
-from deputy.service.revocation import Revocations
+from deputy.service.revocation import RevocationOutcome, Revocations
 from deputy.store.key_files import KEYS_DIR, FileKeyStore
+from deputy.store.sqlite.audit import open_audit_log
 from deputy.store.sqlite.audit_process import ProcessAuditLog
 from deputy.store.sqlite.audit_reader import SqliteAuditReader, open_audit_reader
 from deputy.tokens.key_ring import KeyRing
@@ -211,3 +214,34 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
         introspection=Introspection(credentials, revocations),
         clients=clients,
     )
+
+
+async def revoke_now(
+    settings: Settings,
+    selector: str,
+    value: str,
+    reason: str | None,
+    clock: Clock | None = None,
+) -> RevocationOutcome:
+    """Revoke through the data dir's own store, whether or not a broker is running on it."""
+    clock = clock or SystemClock()
+    ids = IdSource(clock)
+    reader = open_audit_reader(settings.data_dir)
+    audit = open_audit_log(settings.data_dir, clock=clock)
+    try:
+        revocations = Revocations(
+            issuer=settings.issuer,
+            ledger=reader,
+            audit=audit,
+            credentials=CredentialVerifier(
+                settings.issuer, open_published_keys(settings, clock), clock
+            ),
+            clock=clock,
+            ids=ids,
+        )
+        context = RequestContext(ids.token(), None, "cli:revoke")
+        return await revocations.revoke(
+            selector, value, requested_by=f"cli:{getpass.getuser()}", context=context, reason=reason
+        )
+    finally:
+        await audit.aclose()
