@@ -48,6 +48,7 @@ class OAuthError(DeputyError):
         self.debug = debug
         self.reasons = reasons
         self.retry_after = retry_after
+        self.challenge = "Bearer"  # the HTTP authentication scheme a 401 names
 
     def body(self) -> dict[str, object]:
         out: dict[str, object] = {"error": self.error, "error_description": self.description}

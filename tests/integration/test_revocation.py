@@ -135,9 +135,12 @@ def test_introspection_requires_client_authentication(broker: Broker) -> None:
     assert unauthenticated.status_code == 401
     assert unauthenticated.json()["error"] == "invalid_client"
     assert "www-authenticate" in unauthenticated.headers
+    assert unauthenticated.headers["www-authenticate"].startswith("Bearer ")
     wrong = introspect(client, "x", ("crm-api", "not-the-secret"))
     unknown = introspect(client, "x", ("nobody", "secret"))
     assert wrong.status_code == unknown.status_code == 401
+    # RFC 6749 §5.2: the challenge names the scheme the client used.
+    assert wrong.headers["www-authenticate"] == 'Basic realm="deputy", charset="UTF-8"'
     assert wrong.json() == unknown.json()  # client names cannot be probed
     missing = client.post("/oauth2/introspect", data={}, auth=CRM_AUTH)
     assert (missing.status_code, missing.json()["error"]) == (400, "invalid_request")

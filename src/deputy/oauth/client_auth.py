@@ -200,10 +200,15 @@ class ClientAuthenticator:
             )
         client_id = form.get("client_id")
         if basic is not None:
-            name, secret = _decode_basic(basic)
-            if client_id is not None and client_id != name:
-                raise InvalidClient(FAILED, debug="form client_id differs from the Basic user")
-            return self._check_secret(name, secret, SECRET_BASIC)
+            try:
+                name, secret = _decode_basic(basic)
+                if client_id is not None and client_id != name:
+                    raise InvalidClient(FAILED, debug="form client_id differs from the Basic user")
+                return self._check_secret(name, secret, SECRET_BASIC)
+            except InvalidClient as err:
+                # RFC 6749 §5.2: the challenge names the scheme the client used.
+                err.challenge = "Basic"
+                raise
         if (posted := form.get("client_secret")) is not None:
             if client_id is None:
                 raise InvalidRequest("client_secret needs client_id")

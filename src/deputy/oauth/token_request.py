@@ -121,10 +121,13 @@ class TokenRequest:
         if grant not in GRANT_TYPES:
             raise UnsupportedGrantType(f"grant_type must be one of: {', '.join(GRANT_TYPES)}")
         if self.authorization is not None:
-            raise InvalidClient(
+            refusal = InvalidClient(
                 "agents authenticate with their workload token as a client assertion, "
                 "not with an Authorization header"
             )
+            if self.authorization.partition(" ")[0].lower() == "basic":
+                refusal.challenge = "Basic"
+            raise refusal
         proofs: list[WorkloadProof] = []
         assertion = _pair(form, "client_assertion", "client_assertion_type", ASSERTION_TYPES)
         if assertion is not None:

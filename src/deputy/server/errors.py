@@ -29,7 +29,10 @@ def render_error(err: OAuthError, request_id: str) -> tuple[int, Headers, bytes]
     """RFC 6749 §5.2 body; RFC 6750 §3 ``WWW-Authenticate``; ``Retry-After`` on 429/503."""
     headers = [*JSON_TYPE, *NO_STORE, (b"x-request-id", request_id.encode())]
     if isinstance(err, InvalidToken | InvalidClient):
-        challenge = f'Bearer error="{err.error}", error_description="{_quote(err.description)}"'
+        if err.challenge == "Basic":
+            challenge = 'Basic realm="deputy", charset="UTF-8"'
+        else:
+            challenge = f'Bearer error="{err.error}", error_description="{_quote(err.description)}"'
         headers.append((b"www-authenticate", challenge.encode()))
     if err.retry_after is not None:
         headers.append((b"retry-after", str(err.retry_after).encode()))

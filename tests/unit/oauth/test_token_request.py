@@ -182,3 +182,10 @@ def test_other_errors_pass_through_and_invalid_token_becomes_invalid_request() -
 def test_issued_token_type_follows_the_request() -> None:
     assert exchange().issued_token_type() == ACCESS_TOKEN
     assert exchange(requested_token_type=JWT).issued_token_type() == JWT
+
+
+@pytest.mark.parametrize(("header", "scheme"), [("basic eDp5", "Basic"), ("Bearer x", "Bearer")])
+def test_authorization_header_refusal_names_the_scheme_used(header: str, scheme: str) -> None:
+    with pytest.raises(InvalidClient) as caught:
+        request(header, grant_type=TOKEN_EXCHANGE).proofs()
+    assert caught.value.challenge == scheme
