@@ -45,10 +45,15 @@ def exchange(
     return client.post("/oauth2/token", data=form)
 
 
+def alice_exchange(d: Deployment, client: httpx.Client, **params: Any) -> httpx.Response:
+    """The support agent exchanges alice's (pro) token, with its SVID as the actor token."""
+    return exchange(client, subject=d.idp.user_token("alice", "pro"), actor=d.svid(), **params)
+
+
 def alice_credential(d: Deployment, client: httpx.Client, **params: Any) -> dict[str, Any]:
     """The support agent exchanges alice's token for a customer_data_api credential."""
     params.setdefault("resource", CRM)
-    response = exchange(client, subject=d.idp.user_token("alice", "pro"), actor=d.svid(), **params)
+    response = alice_exchange(d, client, **params)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body

@@ -25,6 +25,7 @@ from tests.integration.oauth_client import (
     RESEARCH,
     SUPPORT_ID,
     alice_credential,
+    alice_exchange,
     exchange,
     new_secret,
     with_clients,
@@ -116,10 +117,9 @@ def test_resource_server_sees_claims_of_its_own_credentials(
 
 def test_other_tokens_are_inactive(deployment: Deployment, broker: Broker) -> None:
     _, client = broker
-    pricing = exchange(
+    pricing = alice_exchange(
+        deployment,
         client,
-        subject=deployment.idp.user_token("alice", "pro"),
-        actor=deployment.svid(),
         audience="pricing_api",
     ).json()["access_token"]
     # Another API's credential, a user's token, garbage: nothing is learnt about them.

@@ -25,6 +25,7 @@ from tests.integration.oauth_client import (
     SUPPORT_ID,
     TICKETS,
     alice_credential,
+    alice_exchange,
     exchange,
 )
 
@@ -47,10 +48,9 @@ def error_of(response: httpx.Response) -> tuple[int, str, list[str]]:
 
 def test_exchange_with_actor_token_is_rfc8693(deployment: Deployment, broker: Broker) -> None:
     server, client = broker
-    response = exchange(
+    response = alice_exchange(
+        deployment,
         client,
-        subject=deployment.idp.user_token("alice", "pro"),
-        actor=deployment.svid(),
         resource=CRM,
         scope="accounts:read",
     )
@@ -75,10 +75,9 @@ def test_exchange_with_actor_token_is_rfc8693(deployment: Deployment, broker: Br
 
 def test_several_targets_get_one_credential_each(deployment: Deployment, broker: Broker) -> None:
     _, client = broker
-    response = exchange(
+    response = alice_exchange(
+        deployment,
         client,
-        subject=deployment.idp.user_token("alice", "pro"),
-        actor=deployment.svid(),
         resource=[TICKETS, CRM],
         audience="pricing_api",
         requested_token_type=JWT,
@@ -100,10 +99,9 @@ def test_several_targets_get_one_credential_each(deployment: Deployment, broker:
 
 def test_scope_alone_picks_the_tools(deployment: Deployment, broker: Broker) -> None:
     _, client = broker
-    response = exchange(
+    response = alice_exchange(
+        deployment,
         client,
-        subject=deployment.idp.user_token("alice", "pro"),
-        actor=deployment.svid(),
         scope="rates:read tickets:read",
     )
     assert response.status_code == 200, response.text
@@ -331,10 +329,9 @@ def test_sub_agent_exchange_nests_act_and_narrows(deployment: Deployment, broker
 
 def test_chain_cannot_widen(deployment: Deployment, broker: Broker) -> None:
     _, client = broker
-    parent = exchange(
+    parent = alice_exchange(
+        deployment,
         client,
-        subject=deployment.idp.user_token("alice", "pro"),
-        actor=deployment.svid(),
         audience="pricing_api",
     ).json()["access_token"]
     wider = exchange(
