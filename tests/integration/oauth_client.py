@@ -59,6 +59,16 @@ def alice_credential(d: Deployment, client: httpx.Client, **params: Any) -> dict
     return body
 
 
+def sub_agent_exchange(
+    d: Deployment, client: httpx.Client, parent: str, **params: Any
+) -> httpx.Response:
+    """The research sub-agent exchanges a credential it was handed (for the CRM by default)."""
+    params.setdefault("resource", CRM)
+    return exchange(
+        client, subject=parent, subject_type=ACCESS_TOKEN, actor=d.svid(RESEARCH), **params
+    )
+
+
 def new_secret() -> tuple[str, str]:
     secret = secrets.token_urlsafe(32)
     return secret, hashlib.sha256(secret.encode()).hexdigest()

@@ -19,15 +19,14 @@ from deputy.clock import FakeClock
 from deputy.devtools.broker_thread import BrokerThread
 from tests.integration.deployment import Deployment, running, write_deployment
 from tests.integration.oauth_client import (
-    ACCESS_TOKEN,
     CRM,
     JWT_SPIFFE,
     RESEARCH,
     SUPPORT_ID,
     alice_credential,
     alice_exchange,
-    exchange,
     new_secret,
+    sub_agent_exchange,
     with_clients,
 )
 
@@ -86,13 +85,7 @@ def test_resource_server_sees_claims_of_its_own_credentials(
 ) -> None:
     _, client = broker
     parent = alice_credential(deployment, client, scope="accounts:read")
-    child = exchange(
-        client,
-        subject=parent["access_token"],
-        subject_type=ACCESS_TOKEN,
-        actor=deployment.svid(RESEARCH),
-        resource=CRM,
-    ).json()
+    child = sub_agent_exchange(deployment, client, parent["access_token"]).json()
     response = introspect(client, child["access_token"])
     assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
     body = response.json()
@@ -117,11 +110,7 @@ def test_resource_server_sees_claims_of_its_own_credentials(
 
 def test_other_tokens_are_inactive(deployment: Deployment, broker: Broker) -> None:
     _, client = broker
-    pricing = alice_exchange(
-        deployment,
-        client,
-        audience="pricing_api",
-    ).json()["access_token"]
+    pricing = alice_exchange(deployment, client, audience="pricing_api").json()["access_token"]
     # Another API's credential, a user's token, garbage: nothing is learnt about them.
     for token in (pricing, deployment.idp.user_token("alice"), "garbage", deployment.svid()):
         assert introspect(client, token).json() == {"active": False}
@@ -192,13 +181,7 @@ def test_resource_server_may_not_revoke(deployment: Deployment, broker: Broker) 
 def test_kill_an_execution_reaches_its_sub_agents(deployment: Deployment, broker: Broker) -> None:
     server, client = broker
     parent = alice_credential(deployment, client, resource=[CRM, "https://tickets.internal"])
-    child = exchange(
-        client,
-        subject=parent["access_token"],
-        subject_type=ACCESS_TOKEN,
-        actor=deployment.svid(RESEARCH),
-        resource=CRM,
-    ).json()
+    child = sub_agent_exchange(deployment, client, parent["access_token"]).json()
     bystander = alice_credential(deployment, client)["access_token"]
     tokens = [c["access_token"] for c in parent["credentials"].values()] + [child["access_token"]]
     assert all(active(client, t) for t in tokens)
@@ -210,13 +193,7 @@ def test_kill_an_execution_reaches_its_sub_agents(deployment: Deployment, broker
     assert not any(active(client, t) for t in tokens)
     assert active(client, bystander)
     # A revoked credential cannot be exchanged further.
-    again = exchange(
-        client,
-        subject=parent["access_token"],
-        subject_type=ACCESS_TOKEN,
-        actor=deployment.svid(RESEARCH),
-        resource=CRM,
-    )
+    again = sub_agent_exchange(deployment, client, parent["access_token"])
     assert (again.status_code, again.json()["error"]) == (400, "invalid_request")
     assert "revoked" in again.json()["error_description"]
     record = next(r for r in records(server) if r["outcome"] == "revoke")
@@ -228,13 +205,7 @@ def test_kill_an_execution_reaches_its_sub_agents(deployment: Deployment, broker
 def test_kill_a_workload_reaches_what_it_handed_on(deployment: Deployment, broker: Broker) -> None:
     _, client = broker
     parent = alice_credential(deployment, client, scope="accounts:read")["access_token"]
-    child = exchange(
-        client,
-        subject=parent,
-        subject_type=ACCESS_TOKEN,
-        actor=deployment.svid(RESEARCH),
-        resource=CRM,
-    ).json()["access_token"]
+    child = sub_agent_exchange(deployment, client, parent).json()["access_token"]
     assert kill(client, {"workload_id": SUPPORT_ID}).status_code == 200
     assert not active(client, parent) and not active(client, child)
 

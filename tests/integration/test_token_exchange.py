@@ -27,6 +27,7 @@ from tests.integration.oauth_client import (
     alice_credential,
     alice_exchange,
     exchange,
+    sub_agent_exchange,
 )
 
 Broker = tuple[BrokerThread, httpx.Client]
@@ -294,13 +295,7 @@ def test_sub_agent_exchange_nests_act_and_narrows(deployment: Deployment, broker
     server, client = broker
     parent = alice_credential(deployment, client, scope="accounts:read")
     parent_claims = claims_of(parent["access_token"])
-    response = exchange(
-        client,
-        subject=parent["access_token"],
-        subject_type=ACCESS_TOKEN,
-        actor=deployment.svid(RESEARCH),
-        resource=CRM,
-    )
+    response = sub_agent_exchange(deployment, client, parent["access_token"])
     assert response.status_code == 200, response.text
     child = claims_of(response.json()["access_token"])
     assert child["act"] == {"sub": RESEARCH_ID, "act": {"sub": SUPPORT_ID}}
@@ -329,18 +324,8 @@ def test_sub_agent_exchange_nests_act_and_narrows(deployment: Deployment, broker
 
 def test_chain_cannot_widen(deployment: Deployment, broker: Broker) -> None:
     _, client = broker
-    parent = alice_exchange(
-        deployment,
-        client,
-        audience="pricing_api",
-    ).json()["access_token"]
-    wider = exchange(
-        client,
-        subject=parent,
-        subject_type=ACCESS_TOKEN,
-        actor=deployment.svid(RESEARCH),
-        resource=CRM,
-    )
+    parent = alice_exchange(deployment, client, audience="pricing_api").json()["access_token"]
+    wider = sub_agent_exchange(deployment, client, parent)
     status, error, rules = error_of(wider)
     assert (status, error) == (400, "invalid_target")
     assert "delegation.audience" in rules and "delegation.scopes" in rules
@@ -392,13 +377,7 @@ def test_forged_or_expired_parent_is_refused(deployment: Deployment, broker: Bro
     parent = alice_credential(deployment, client)["access_token"]
     head, body, sig = parent.split(".")
     forged = f"{head}.{body}.{sig[:-4]}AAAA"
-    response = exchange(
-        client,
-        subject=forged,
-        subject_type=ACCESS_TOKEN,
-        actor=deployment.svid(RESEARCH),
-        resource=CRM,
-    )
+    response = sub_agent_exchange(deployment, client, forged)
     assert error_of(response)[:2] == (400, "invalid_request")
     assert response.json()["error_description"].startswith("subject_token rejected")
 
