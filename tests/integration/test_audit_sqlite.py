@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from deputy.audit.chain import canonical_json, link_hash
-from deputy.audit.log import AuditFilter
+from deputy.audit.log import AuditFilter, ChainReport
 from deputy.audit.record import DecisionRecord, IssuedCredential
 from deputy.clock import FakeClock
 from deputy.errors import StoreUnavailable
@@ -74,6 +74,19 @@ def seqs(audit_log: SqliteAuditLog, **filters: Any) -> list[int]:
 
 async def append_all(audit_log: SqliteAuditLog, records: list[DecisionRecord]) -> None:
     await asyncio.gather(*(audit_log.append(r) for r in records))
+
+
+async def verify_after_tampering(
+    db: Path, records: list[DecisionRecord], statements: list[str]
+) -> ChainReport:
+    """Append ``records`` one by one (a verified chain), run raw SQL on the file, verify again."""
+    with SqliteAuditLog(db, KEY) as audit_log:
+        for record in records:
+            await audit_log.append(record)
+        assert audit_log.verify().ok
+    raw(db, *statements)
+    with SqliteAuditLog(db, KEY) as audit_log:
+        return audit_log.verify()
 
 
 def raw(db: Path, *statements: str) -> None:
@@ -202,13 +215,7 @@ async def test_hostile_text_round_trips_and_verifies(log: SqliteAuditLog, db: Pa
 async def test_raw_tampering_is_named(
     db: Path, statements: list[str], first_bad: int, words: str
 ) -> None:
-    with SqliteAuditLog(db, KEY) as audit_log:
-        for i in range(1, 11):
-            await audit_log.append(make_record(i))
-        assert audit_log.verify().ok
-    raw(db, *statements)
-    with SqliteAuditLog(db, KEY) as audit_log:
-        report = audit_log.verify()
+    report = await verify_after_tampering(db, [make_record(i) for i in range(1, 11)], statements)
     assert not report.ok
     assert report.first_bad_seq == first_bad, report.problem
     assert words in (report.problem or "")
@@ -482,14 +489,10 @@ def revocation_record(i: int, value: str) -> DecisionRecord:
 async def test_revocation_rows_are_checked_against_their_records(
     db: Path, statements: list[str], first_bad: int, words: str
 ) -> None:
-    with SqliteAuditLog(db, KEY) as audit_log:
-        for i in range(1, 8):
-            record = revocation_record(i, f"exec-{i}") if i in (4, 6) else make_record(i)
-            await audit_log.append(record)
-        assert audit_log.verify().ok
-    raw(db, *statements)
-    with SqliteAuditLog(db, KEY) as audit_log:
-        report = audit_log.verify()
+    records = [
+        revocation_record(i, f"exec-{i}") if i in (4, 6) else make_record(i) for i in range(1, 8)
+    ]
+    report = await verify_after_tampering(db, records, statements)
     assert not report.ok
     assert report.first_bad_seq == first_bad, report.problem
     assert words in (report.problem or "")
