@@ -21,6 +21,7 @@ from deputy.identity.jose import (
 )
 from deputy.identity.jwks import JwksCache
 from deputy.identity.token_cache import VerifiedTokenCache
+from deputy.identity.workload import index_unique
 
 # A DPoP proof (RFC 9449 §4.2) is never a user's token.
 USER_FORBIDDEN_TYPES = frozenset({"dpop+jwt", "application/dpop+jwt"})
@@ -81,11 +82,7 @@ class UserVerifier:
         cache: VerifiedTokenCache | None = None,
         reject_issuers: frozenset[str] = frozenset(),
     ) -> None:
-        self._issuers: dict[str, UserIssuerTrust] = {}
-        for trust in issuers:
-            if trust.issuer in self._issuers:
-                raise ValueError(f"issuer {trust.issuer!r} is configured twice")
-            self._issuers[trust.issuer] = trust
+        self._issuers = index_unique(issuers, lambda trust: trust.issuer, "issuer")
         self._clock = clock
         self._cache = cache
         self._reject_issuers = reject_issuers

@@ -86,8 +86,8 @@ class WorkloadVerifier:
         cache: VerifiedTokenCache | None = None,
         reject_issuers: frozenset[str] = frozenset(),
     ) -> None:
-        self._spiffe = _index(spiffe, lambda trust: trust.trust_domain, "trust domain")
-        self._oidc = _index(oidc, lambda trust: trust.issuer, "issuer")
+        self._spiffe = index_unique(spiffe, lambda trust: trust.trust_domain, "trust domain")
+        self._oidc = index_unique(oidc, lambda trust: trust.issuer, "issuer")
         self._clock = clock
         self._cache = cache
         self._reject_issuers = reject_issuers
@@ -164,7 +164,8 @@ class WorkloadVerifier:
         )
 
 
-def _index(items: Sequence[_T], name: Callable[[_T], str], what: str) -> dict[str, _T]:
+def index_unique(items: Sequence[_T], name: Callable[[_T], str], what: str) -> dict[str, _T]:
+    """``items`` by ``name``; a name configured twice is a ``ValueError`` naming it."""
     out: dict[str, _T] = {}
     for item in items:
         key = name(item)

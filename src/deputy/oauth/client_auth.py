@@ -37,6 +37,7 @@ from deputy.identity.jose import (
     parse_compact,
     verify_for_issuer,
 )
+from deputy.identity.workload import index_unique
 from deputy.oauth.form import Form
 
 SECRET_BASIC = "client_secret_basic"  # noqa: S105 - method name, not a secret
@@ -168,11 +169,7 @@ class ClientAuthenticator:
     ) -> None:
         if not audiences or not all(audiences):
             raise ValueError("audiences must be a non-empty set of non-empty strings")
-        self._clients: dict[str, ClientEntry] = {}
-        for entry in clients:
-            if entry.name in self._clients:
-                raise ValueError(f"client {entry.name!r} is configured twice")
-            self._clients[entry.name] = entry
+        self._clients = index_unique(clients, lambda entry: entry.name, "client")
         self._clock = clock
         self._audiences = audiences
         self._replay = replay if replay is not None else ReplayCache(clock)
