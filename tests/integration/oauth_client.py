@@ -64,9 +64,8 @@ def sub_agent_exchange(
 ) -> httpx.Response:
     """The research sub-agent exchanges a credential it was handed (for the CRM by default)."""
     params.setdefault("resource", CRM)
-    return exchange(
-        client, subject=parent, subject_type=ACCESS_TOKEN, actor=d.svid(RESEARCH), **params
-    )
+    params.setdefault("subject_type", ACCESS_TOKEN)
+    return exchange(client, subject=parent, actor=d.svid(RESEARCH), **params)
 
 
 def new_secret() -> tuple[str, str]:

@@ -16,6 +16,7 @@ from tests.integration.deployment import Deployment, running, write_deployment
 from tests.integration.oauth_client import (
     ACCESS_TOKEN,
     CRM,
+    ID_TOKEN,
     JWT,
     JWT_BEARER,
     JWT_SPIFFE,
@@ -440,3 +441,31 @@ def test_metadata_announces_the_endpoints(broker: Broker) -> None:
     assert meta["client_assertion_types_supported"] == [JWT_BEARER, JWT_SPIFFE]
     assert meta["access_token_signing_alg_values_supported"] == ["ES256"]
     assert "accounts:read" in meta["scopes_supported"]
+
+
+def test_workflow_parameter_picks_among_several(tmp_path: Path) -> None:
+    def mutate(doc: dict[str, Any]) -> None:
+        doc["workflows"]["research-two"] = {
+            "agents": ["spiffe://prod.example/agents/research/*"],
+            "tools": {"pricing_api": ["rates:read"]},
+        }
+
+    d = write_deployment(tmp_path, mutate)
+    with running(d) as (_, client):
+        parent = alice_credential(d, client, scope="accounts:read")["access_token"]
+        ambiguous = sub_agent_exchange(d, client, parent)
+        assert error_of(ambiguous) == (400, "invalid_request", [])
+        assert "name one in `workflow`" in ambiguous.json()["error_description"]
+        named = sub_agent_exchange(d, client, parent, workflow="support-research")
+        assert named.status_code == 200, named.text
+        assert claims_of(named.json()["access_token"])["workflow"] == "support-research"
+        bad = sub_agent_exchange(d, client, parent, workflow="../etc")
+        assert error_of(bad) == (400, "invalid_request", [])
+
+
+def test_a_deputy_credential_is_not_an_id_token(deployment: Deployment, broker: Broker) -> None:
+    _, client = broker
+    parent = alice_credential(deployment, client)["access_token"]
+    response = sub_agent_exchange(deployment, client, parent, subject_type=ID_TOKEN)
+    assert error_of(response) == (400, "invalid_request", [])
+    assert "not an ID token" in response.json()["error_description"]

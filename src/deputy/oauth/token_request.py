@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from deputy.config.settings import SCOPE_PATTERN
+from deputy.config.settings import NAME_PATTERN, SCOPE_PATTERN
 from deputy.errors import (
     AccessDenied,
     InvalidClient,
@@ -43,6 +43,7 @@ REPEATABLE = frozenset({"resource", "audience"})
 MAX_SCOPES = 64
 
 _SCOPE = re.compile(SCOPE_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
 _ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s#]+$")
 
 # A policy denial, named as the token endpoint names it: the first matching rule decides.
@@ -92,6 +93,14 @@ def _targets(form: Form) -> tuple[str, ...]:
     if any(len(a) > MAX_ID_LENGTH for a in audiences):
         raise InvalidTarget(f"`audience` values must be at most {MAX_ID_LENGTH} characters")
     return tuple(dict.fromkeys((*resources, *audiences)))
+
+
+def _workflow(form: Form) -> str | None:
+    """Deputy's extension parameter: which workflow, when a workload is in several."""
+    name = form.get("workflow")
+    if name is not None and not _NAME.match(name):
+        raise InvalidRequest("`workflow` must be a workflow name")
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +171,11 @@ class TokenRequest:
         targets, scopes = _targets(form), _scopes(form)
         if form.get("grant_type") == CLIENT_CREDENTIALS:
             return IssueRequest(
-                agent_id=None, targets=targets, scopes=scopes, grant="client_credentials"
+                agent_id=None,
+                targets=targets,
+                scopes=scopes,
+                workflow=_workflow(form),
+                grant="client_credentials",
             )
         subject = _pair(form, "subject_token", "subject_token_type", SUBJECT_TOKEN_TYPES)
         if subject is None:
@@ -177,8 +190,10 @@ class TokenRequest:
             targets=targets,
             scopes=scopes,
             user_token=subject,
+            workflow=_workflow(form),
             grant="token_exchange",
             subject_field="subject_token",
+            subject_is_id_token=form.get("subject_token_type") == ID_TOKEN,
         )
 
     def translate(self, err: OAuthError) -> OAuthError:

@@ -167,6 +167,7 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
         credentials=credentials,
         clock=clock,
         ids=ids,
+        max_ttl=policy.max_ttl,
     )
     workloads = WorkloadVerifier(
         spiffe, oidc, clock, cache=VerifiedTokenCache(clock), reject_issuers=own
@@ -238,6 +239,7 @@ async def revoke_now(
             ),
             clock=clock,
             ids=ids,
+            max_ttl=policy_from_settings(settings).max_ttl,
         )
         context = RequestContext(ids.token(), None, "cli:revoke")
         return await revocations.revoke(

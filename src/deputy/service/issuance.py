@@ -345,7 +345,7 @@ class IssuanceService:
             return self._agent_itself(trail, workflow, request)
         token, field_ = request.user_token, request.subject_field
         if token is not None and request.grant == "token_exchange":
-            chained = await self._chained_subject(trail, token, field_)
+            chained = await self._chained_subject(trail, token, field_, request.subject_is_id_token)
             if chained is not None:
                 return chained
         if workflow.delegation == "asserted":
@@ -403,10 +403,16 @@ class IssuanceService:
         trail.principal = Principal(workload.id, workload.issuer, "none")
         return Subject(workload.id, workload.id, None, "none")
 
-    async def _chained_subject(self, trail: _Trail, token: str, field_: str) -> Subject | None:
+    async def _chained_subject(
+        self, trail: _Trail, token: str, field_: str, said_id_token: bool
+    ) -> Subject | None:
         """A Deputy credential as the subject: a sub-agent continues its execution."""
         if not self._credentials.claims_to_be_ours(token):
             return None  # a user's token: the user verifier decides
+        if said_id_token:
+            raise InvalidRequest(
+                f"{field_} is a Deputy access token, not an ID token: say so in its type"
+            )
         workload = trail.workload
         assert workload is not None
         try:

@@ -43,6 +43,7 @@ class IssueRequest:
     scopes: tuple[str, ...] | None = None
     grant: str = "issue"
     subject_field: str = "user_token"
+    subject_is_id_token: bool = False  # the token endpoint's subject_token_type said id_token
 
     def __post_init__(self) -> None:
         if self.grant not in GRANTS:

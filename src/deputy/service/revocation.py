@@ -70,7 +70,9 @@ class Revocations:
         credentials: CredentialVerifier,
         clock: Clock,
         ids: IdSource,
+        max_ttl: int = MAX_TTL_SECONDS,
     ) -> None:
+        self._max_ttl = max_ttl
         self._issuer = issuer
         self._credentials = credentials
         self._ledger = ledger
@@ -151,12 +153,11 @@ class Revocations:
             live = await self._ledger.live(selector, value, now)
         except StoreUnavailable:
             raise _unavailable() from None
-        if expires_at is None and selector == "jti" and live.latest_expiry is not None:
-            expires_at = live.latest_expiry
         if expires_at is None:
-            # No credential issued before now outlives the longest lifetime there is; a
-            # sub-agent's credential never outlives the one it came from.
-            expires_at = issued_before + MAX_TTL_SECONDS
+            # What it covers expires by the latest credential the ledger shows (a sub-agent's
+            # never outlives the one it came from), or, for one committed while this ran,
+            # within the longest lifetime policy allows.
+            expires_at = max(live.latest_expiry or 0, issued_before + self._max_ttl)
         revocation = Revocation(selector, value, issued_before, expires_at)
         decision_id = self._ids.prefixed("rev")
         record = DecisionRecord(
