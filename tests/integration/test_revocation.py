@@ -197,6 +197,11 @@ def test_kill_an_execution_reaches_its_sub_agents(deployment: Deployment, broker
     assert (again.status_code, again.json()["error"]) == (400, "invalid_request")
     assert "revoked" in again.json()["error_description"]
     record = next(r for r in records(server) if r["outcome"] == "revoke")
+    # A forensic query for the execution finds its revocation too.
+    by_execution = server.broker.audit_reader.query(
+        AuditFilter(execution_id=parent["execution_id"])
+    )
+    assert [s.record["outcome"] for s in by_execution] == ["allow", "allow", "revoke"]
     assert record["requested_by"] == "client:security-team"
     assert record["revocation"]["reason"] == "incident 42"
     assert record["endpoint"] == "/admin/revocations"
@@ -274,6 +279,13 @@ def test_cli_revoke_takes_effect_on_the_running_broker(
     assert not active(client, token)
     record = records(server)[-1]
     assert record["endpoint"] == "cli:revoke" and record["requested_by"].startswith("cli:")
+    listed = runner.invoke(
+        app,
+        ["audit", "query", "--config", str(deployment.config_path), "--agent-instance", SUPPORT_ID],
+    )
+    assert listed.exit_code == 0, listed.output
+    assert f"REVOKE  agent_instance={SUPPORT_ID}  by=cli:" in listed.output
+    assert "reason=pod compromised" in listed.output
     usage = runner.invoke(
         app, ["revoke", "--config", str(deployment.config_path), "--user", "a", "--jti", "b"]
     )

@@ -65,10 +65,24 @@ def _line(record: dict[str, Any]) -> str:
     creds = ", ".join(
         f"{_shown(c['tool'])}:{_shown(c['jti'])}" for c in record.get("credentials", [])
     )
+    revocation = record.get("revocation")
+    if isinstance(revocation, dict):
+        return "  ".join(
+            [
+                when,
+                "REVOKE",
+                f"{_shown(revocation.get('selector'))}={_shown(revocation.get('value'))}",
+                f"by={_shown(record.get('requested_by'))}",
+                f"via={_shown(record.get('endpoint'))}",
+                f"live={_shown(revocation.get('live_credentials'))}",
+                f"reason={_shown(revocation.get('reason'))}",
+            ]
+        )
     parts = [
         when,
         _shown(record["outcome"]).upper(),
         f"status={record['status']}",
+        f"grant={_shown(record.get('grant_type') or 'issue')}",
         f"workflow={_shown(record.get('workflow'))}",
         f"workload={_shown(record.get('workload_id'))}",
         f"instance={_shown(record.get('agent_instance'))}",
@@ -77,6 +91,8 @@ def _line(record: dict[str, Any]) -> str:
     ]
     if creds:
         parts.append(f"credentials=[{creds}]")
+    if record.get("parent_jti"):
+        parts.append(f"from={_shown(record['parent_jti'])}")
     for reason in record.get("reasons", []):
         parts.append(f"\n    {_shown(reason['rule'])}: {_shown(reason['message'])}")
     return "  ".join(parts)

@@ -160,6 +160,12 @@ class Revocations:
             expires_at = max(live.latest_expiry or 0, issued_before + self._max_ttl)
         revocation = Revocation(selector, value, issued_before, expires_at)
         decision_id = self._ids.prefixed("rev")
+
+        # Filed under what it names, so a forensic query for that execution, instance,
+        # workload or user finds its revocation too.
+        def named(field: str) -> str | None:
+            return value if selector == field else None
+
         record = DecisionRecord(
             decision_id=decision_id,
             time=now,
@@ -169,6 +175,10 @@ class Revocations:
             request_id=context.request_id,
             client_address=context.client_address,
             requested_by=requested_by,
+            execution_id=named("execution_id"),
+            agent_instance=named("agent_instance"),
+            workload_id=named("workload_id"),
+            user_id=named("user_id"),
             revocation={
                 "selector": selector,
                 "value": value,
