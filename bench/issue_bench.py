@@ -1,4 +1,4 @@
-"""Issuance benchmark: drive POST /issue over loopback with wrk, compare with the peer.
+"""Issuance benchmark: drive /issue and /oauth2/token over loopback with wrk; compare with the peer.
 
 Usage: python bench/issue_bench.py [--seconds 10] [--connections 16] [--no-peer] [--profile]
 Prints one line per scenario; see BENCHMARKS.md for the method and recorded figures.
@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import yaml
 
@@ -26,9 +27,11 @@ from deputy.devtools.example import ExampleIdentities, example_config, write_exa
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT.parent / "shared" / "bench" / "peer-oidc-provider" / "run.sh"
-LUA = Path(__file__).with_name("issue.lua")
+LUA = Path(__file__).with_name("post.lua")
+FORM = "application/x-www-form-urlencoded"
 RESULT = re.compile(r"non2xx=(\d+) requests=(\d+) rps=([\d.]+) p50_ms=([\d.]+) p99_ms=([\d.]+)")
 UNLIMITED = 1_000_000_000
+JWT_SPIFFE = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe"
 
 
 def deployment(directory: Path) -> tuple[Path, ExampleIdentities]:
@@ -54,14 +57,53 @@ def request_lines(identities: ExampleIdentities, distinct: int) -> list[str]:
             "tools": ["customer_data_api"],
             "ttl_seconds": 300,
         }
-        lines.append(f"{svid}\t{json.dumps(body)}")
+        lines.append(f"/issue\tBearer {svid}\t{json.dumps(body)}")
     return lines
 
 
+def client_credentials_lines(identities: ExampleIdentities, distinct: int) -> list[str]:
+    """Each line a client_credentials request authenticated by a fresh JWT-SVID assertion."""
+    return [
+        "/oauth2/token\t-\t"
+        + urlencode(
+            {
+                "grant_type": "client_credentials",
+                "client_assertion_type": JWT_SPIFFE,
+                "client_assertion": identities.svids.jwt_svid("/agents/price-sync", lifetime=900),
+                "scope": "rates:read",
+            }
+        )
+        for _ in range(distinct)
+    ]
+
+
+def exchange_lines(identities: ExampleIdentities) -> list[str]:
+    """An RFC 8693 exchange: the user's token as subject, the agent's SVID as actor."""
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": identities.idp.user_token("user-1", "pro"),
+        "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+        "actor_token": identities.svids.jwt_svid("/agents/support/agent-1", lifetime=900),
+        "actor_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "resource": "https://crm.internal",
+    }
+    return [f"/oauth2/token\t-\t{urlencode(form)}"]
+
+
 def wrk(
-    url: str, requests: Path, seconds: int, connections: int, delay_ms: int = 0
+    url: str,
+    requests: Path,
+    seconds: int,
+    connections: int,
+    delay_ms: int = 0,
+    content_type: str = "application/json",
 ) -> dict[str, float]:
-    env = {**os.environ, "REQUESTS": str(requests), "DELAY_MS": str(delay_ms)}
+    env = {
+        **os.environ,
+        "REQUESTS": str(requests),
+        "DELAY_MS": str(delay_ms),
+        "CONTENT_TYPE": content_type,
+    }
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(LUA), url],
         env=env,
@@ -137,6 +179,12 @@ def main() -> int:
         warm.write_text("\n".join(request_lines(identities, 1)) + "\n")
         fresh = work / "fresh.txt"
         fresh.write_text("\n".join(request_lines(identities, args.seconds * 3000)) + "\n")
+        exchange = work / "exchange.txt"
+        exchange.write_text("\n".join(exchange_lines(identities)) + "\n")
+        assertions = work / "client_credentials.txt"
+        assertions.write_text(
+            "\n".join(client_credentials_lines(identities, args.seconds * 3000)) + "\n"
+        )
         profile = work / "broker.prof" if args.profile else None
         broker = BrokerProcess(config).start(
             *(["-m", "cProfile", "-o", str(profile)] if profile else [])
@@ -152,6 +200,12 @@ def main() -> int:
             half = results["max"]["rps"] / 2
             results["half"] = paced(url, warm, args.seconds, half)
             show(f"paced at half max ({half:.0f}/s target)", results["half"])
+            results["exchange"] = wrk(url, exchange, args.seconds, args.connections, 0, FORM)
+            show("token exchange, tokens seen before", results["exchange"])
+            results["client_credentials"] = wrk(
+                url, assertions, args.seconds, args.connections, 0, FORM
+            )
+            show("client_credentials, new assertion each", results["client_credentials"])
         finally:
             broker.stop()  # SIGINT: uvicorn shuts down cleanly, cProfile writes its file
         if profile:
@@ -164,7 +218,10 @@ def main() -> int:
                 results["peer"] = p
                 print(
                     f"ratio deputy/peer issuances/s: {results['max']['rps'] / p['rps']:.2f} "
-                    f"(new tokens every request: {results['fresh']['rps'] / p['rps']:.2f})"
+                    f"(new tokens every request: {results['fresh']['rps'] / p['rps']:.2f}; "
+                    f"token exchange: {results['exchange']['rps'] / p['rps']:.2f}; "
+                    "client_credentials with a new assertion each: "
+                    f"{results['client_credentials']['rps'] / p['rps']:.2f})"
                 )
         out = ROOT / "bench" / "results"
         out.mkdir(exist_ok=True)

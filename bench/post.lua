@@ -1,19 +1,23 @@
--- wrk script for POST /issue. Each line of $REQUESTS is "<workload token>\t<json body>";
--- lines are sent in turn. $DELAY_MS paces each connection (for a fixed, lower rate).
+-- wrk script for POST requests. Each line of $REQUESTS is "<path>\t<authorization>\t<body>"
+-- (authorization "-" for none); lines are sent in turn with $CONTENT_TYPE.
+-- $DELAY_MS paces each connection (for a fixed, lower rate).
 local requests = {}
+local content_type = os.getenv("CONTENT_TYPE") or "application/json"
 for line in io.lines(os.getenv("REQUESTS")) do
-  local token, body = line:match("^([^\t]+)\t(.+)$")
-  requests[#requests + 1] = { token = token, body = body }
+  local path, authorization, body = line:match("^([^\t]+)\t([^\t]+)\t(.+)$")
+  -- wrk.format uses the table given instead of wrk.headers, so each carries every header.
+  local headers = { ["Content-Type"] = content_type }
+  if authorization ~= "-" then headers["Authorization"] = authorization end
+  requests[#requests + 1] = { path = path, headers = headers, body = body }
 end
 local i = 0
 local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
 request = function()
   i = i + 1
   if i > #requests then i = 1 end
   local r = requests[i]
-  return wrk.format(nil, "/issue", { ["Authorization"] = "Bearer " .. r.token }, r.body)
+  return wrk.format(nil, r.path, r.headers, r.body)
 end
 if delay_ms > 0 then
   -- jittered pacing, so that connections do not fire in lockstep bursts
