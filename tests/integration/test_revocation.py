@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,9 @@ from typer.testing import CliRunner
 
 from deputy.audit.log import AuditFilter
 from deputy.cli.main import app
-from deputy.clock import FakeClock
+from deputy.clock import FakeClock, SystemClock
 from deputy.devtools.broker_thread import BrokerThread
+from deputy.devtools.signer import TokenSigner
 from tests.integration.deployment import Deployment, running, write_deployment
 from tests.integration.oauth_client import (
     CRM,
@@ -290,3 +292,62 @@ def test_cli_revoke_takes_effect_on_the_running_broker(
         app, ["revoke", "--config", str(deployment.config_path), "--user", "a", "--jti", "b"]
     )
     assert usage.exit_code == 2 and "exactly one" in usage.output
+
+
+def test_revoking_a_credential_revokes_what_was_exchanged_from_it(
+    deployment: Deployment, broker: Broker
+) -> None:
+    _, client = broker
+    parent = alice_credential(deployment, client, scope="accounts:read")["access_token"]
+    child = sub_agent_exchange(deployment, client, parent).json()["access_token"]
+    claims = pyjwt.decode(child, options={"verify_signature": False})
+    assert claims["delegated_from"] == [
+        pyjwt.decode(parent, options={"verify_signature": False})["jti"]
+    ]
+    assert holder_revoke(client, parent, deployment.svid()).status_code == 200
+    assert not active(client, parent) and not active(client, child)
+
+
+def test_admin_json_only(broker: Broker) -> None:
+    _, client = broker
+    response = client.post(
+        "/admin/revocations",
+        content=b'{"user_id": "alice"}',
+        headers={"content-type": "text/plain"},
+        auth=ADMIN_AUTH,
+    )
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
+
+
+def test_an_operator_revokes_with_a_jwt_assertion(tmp_path: Path) -> None:
+    operator = TokenSigner(SystemClock())
+
+    def mutate(doc: dict[str, Any]) -> None:
+        with_clients(SECRETS)(doc)
+        doc["clients"]["ops-jwt"] = {"jwks": "trust/ops.jwks.json", "admin": True}
+
+    operator.write_jwks(tmp_path / "trust" / "ops.jwks.json")
+    d = write_deployment(tmp_path, mutate)
+    with running(d) as (_, client):
+        token = alice_credential(d, client)["access_token"]
+        now = int(time.time())
+        assertion = operator.sign(
+            {
+                "iss": "ops-jwt",
+                "sub": "ops-jwt",
+                "aud": "https://deputy.internal/oauth2/revoke",
+                "iat": now,
+                "exp": now + 60,
+                "jti": secrets.token_hex(8),
+            }
+        )
+        response = client.post(
+            "/oauth2/revoke",
+            data={
+                "token": token,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": assertion,
+            },
+        )
+        assert response.status_code == 200, response.text
+        assert not active(client, token)

@@ -437,7 +437,7 @@ def test_metadata_announces_the_endpoints(broker: Broker) -> None:
         "urn:ietf:params:oauth:grant-type:token-exchange",
         "client_credentials",
     ]
-    assert meta["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+    assert meta["token_endpoint_auth_methods_supported"] == ["private_key_jwt", "none"]
     assert meta["client_assertion_types_supported"] == [JWT_BEARER, JWT_SPIFFE]
     assert meta["access_token_signing_alg_values_supported"] == ["ES256"]
     assert "accounts:read" in meta["scopes_supported"]
@@ -469,3 +469,61 @@ def test_a_deputy_credential_is_not_an_id_token(deployment: Deployment, broker: 
     response = sub_agent_exchange(deployment, client, parent, subject_type=ID_TOKEN)
     assert error_of(response) == (400, "invalid_request", [])
     assert "not an ID token" in response.json()["error_description"]
+
+
+def test_may_act_binds_the_whole_chain(deployment: Deployment, broker: Broker) -> None:
+    _, client = broker
+    now = int(deployment.idp.clock.now())
+    user = deployment.idp.sign(
+        {
+            "iss": deployment.idp.issuer,
+            "sub": "alice",
+            "aud": deployment.idp.audience,
+            "iat": now,
+            "exp": now + 600,
+            "plan": "pro",
+            "may_act": {"sub": SUPPORT_ID},
+        }
+    )
+    parent = exchange(client, subject=user, actor=deployment.svid(), resource=CRM)
+    assert parent.status_code == 200, parent.text
+    # Only the support agent may act for alice: not a sub-agent it hands the credential to.
+    onward = sub_agent_exchange(deployment, client, parent.json()["access_token"])
+    assert error_of(onward) == (400, "invalid_request", ["delegation.may_act"])
+
+
+def test_client_assertion_must_be_for_deputy_alone(deployment: Deployment, broker: Broker) -> None:
+    _, client = broker
+    now = int(deployment.svids.clock.now())
+    shared = deployment.svids.sign(
+        {
+            "sub": "spiffe://prod.example/agents/price-sync",
+            "aud": ["https://crm.internal", "deputy"],
+            "iat": now,
+            "exp": now + 300,
+        }
+    )
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": JWT_SPIFFE,
+        "client_assertion": shared,
+        "scope": "rates:read",
+    }
+    response = client.post("/oauth2/token", data=form)
+    assert error_of(response) == (401, "invalid_client", [])
+    assert "only audience" in response.json()["error_description"]
+
+
+def test_client_credentials_takes_no_subject(deployment: Deployment, broker: Broker) -> None:
+    _, client = broker
+    response = client.post(
+        "/oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": JWT_SPIFFE,
+            "client_assertion": deployment.svid("/agents/price-sync"),
+            "subject_token": deployment.idp.user_token("alice"),
+            "subject_token_type": ID_TOKEN,
+        },
+    )
+    assert error_of(response) == (400, "invalid_request", [])

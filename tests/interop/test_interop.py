@@ -210,7 +210,7 @@ def test_metadata_announces_what_the_clients_use(broker: Broker) -> None:
     assert meta["jwks_uri"] == f"{ISSUER}/.well-known/jwks.json"
     assert meta["introspection_endpoint"] == f"{ISSUER}/oauth2/introspect"
     assert meta["grant_types_supported"] == [TOKEN_EXCHANGE, "client_credentials"]
-    assert meta["token_endpoint_auth_methods_supported"] == [ASSERTION_METHOD]
+    assert meta["token_endpoint_auth_methods_supported"] == [ASSERTION_METHOD, "none"]
     assert meta["client_assertion_types_supported"] == [JWT_BEARER, JWT_SPIFFE]
     assert meta["access_token_signing_alg_values_supported"] == ["ES256"]
     assert ID_TOKEN in meta["subject_token_types_supported"]

@@ -47,6 +47,7 @@ class LedgerEntry:
     workflow: str | None
     execution_id: str | None
     workload_id: str | None
+    may_act: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

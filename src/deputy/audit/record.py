@@ -53,6 +53,7 @@ class DecisionRecord:
     grant_type: str | None = None  # token endpoint grants; None for /issue
     parent_jti: str | None = None  # the credential a sub-agent exchanged (delegation chain)
     parent_actors: tuple[str, ...] = ()  # that credential's act chain, newest first
+    may_act: str | None = None  # the one workload the user's token let act (kept down a chain)
     requested_by: str | None = None  # who asked for a revocation
     revocation: dict[str, Any] | None = None  # selector, value, issued_before, expires_at
 

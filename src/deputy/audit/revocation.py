@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from deputy.tokens.verify import act_chain
+from deputy.tokens.verify import act_chain, ancestors
 
 # What a revocation can name, and the credential claim each one is matched against.
 SELECTORS = ("jti", "execution_id", "agent_instance", "workload_id", "user_id")
@@ -17,8 +17,9 @@ class Revocation:
     """Every credential ``selector == value`` issued at or before ``issued_before`` is revoked.
 
     ``workload_id`` matches any actor of a credential's ``act`` chain, so the kill switch on
-    an agent also reaches what its sub-agents obtained from it. ``expires_at`` is when the
-    last credential it can cover expires; after that it leaves the feed.
+    an agent also reaches what its sub-agents obtained from it; ``jti`` matches the credential
+    and everything exchanged from it (``delegated_from``), whenever issued. ``expires_at`` is
+    when the last credential it can cover expires; after that it leaves the feed.
     """
 
     selector: str
@@ -49,6 +50,7 @@ class CredentialFacts:
     agent_instance: str | None
     actors: tuple[str, ...]
     user_id: str | None
+    ancestors: tuple[str, ...] = ()  # jtis of the credentials it was exchanged from
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any]) -> CredentialFacts:
@@ -65,6 +67,7 @@ class CredentialFacts:
             agent_instance=text("agent_instance"),
             actors=tuple(dict.fromkeys((*client, *act_chain(claims)))),
             user_id=text("sub"),
+            ancestors=ancestors(claims),
         )
 
 
@@ -96,9 +99,16 @@ class RevocationList:
             del self._index[key]
 
     def covers(self, facts: CredentialFacts) -> Revocation | None:
-        """The revocation that covers this credential, if any."""
+        """The revocation that covers this credential, if any.
+
+        A revoked ``jti`` covers that credential and every one exchanged from it, whenever
+        issued; the other selectors cover what was issued up to their cut-off.
+        """
+        for jti in (facts.jti, *facts.ancestors):
+            found = self._index.get(("jti", jti))
+            if found is not None:
+                return found
         candidates: list[tuple[str, str | None]] = [
-            ("jti", facts.jti),
             ("execution_id", facts.execution_id),
             ("agent_instance", facts.agent_instance),
             ("user_id", facts.user_id),

@@ -110,8 +110,10 @@ class Settings(_Strict):
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
         problems: list[str] = []
-        if not re.match(r"^https?://[^\s#?]+$", self.issuer):
-            problems.append("issuer: must be an http(s) URL without query or fragment")
+        if not re.match(r"^https?://[^\s#?]+$", self.issuer) or self.issuer.endswith("/"):
+            problems.append(
+                "issuer: must be an http(s) URL without query, fragment or trailing slash"
+            )
         for name, wf in self.workflows.items():
             for tool, scopes in wf.tools.items():
                 if tool not in self.tools:

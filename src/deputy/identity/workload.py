@@ -42,6 +42,7 @@ class Workload:
     kind: str  # "spiffe" | "oidc"
     expires_at: float
     instance: str | None = None
+    sole_audience: bool = True  # its aud names one audience only (the one Deputy checked)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class WorkloadVerifier:
             kind="spiffe",
             expires_at=expiry(parsed.claims),
             instance=_pod_name(parsed.claims),
+            sole_audience=_sole_audience(parsed.claims),
         )
 
     async def _verify_oidc(self, parsed: ParsedJwt, trust: OidcWorkloadTrust) -> Workload:
@@ -161,6 +163,7 @@ class WorkloadVerifier:
             kind="oidc",
             expires_at=expiry(parsed.claims),
             instance=_pod_name(parsed.claims),
+            sole_audience=_sole_audience(parsed.claims),
         )
 
 
@@ -173,6 +176,11 @@ def index_unique(items: Sequence[_T], name: Callable[[_T], str], what: str) -> d
             raise ValueError(f"{what} {key!r} is configured twice")
         out[key] = item
     return out
+
+
+def _sole_audience(claims: Mapping[str, Any]) -> bool:
+    aud = claims.get("aud")
+    return isinstance(aud, str) or (isinstance(aud, list) and len(aud) == 1)
 
 
 def _pod_name(claims: Mapping[str, Any]) -> str | None:

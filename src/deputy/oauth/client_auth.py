@@ -23,11 +23,10 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from deputy.clock import Clock
-from deputy.errors import InvalidClient, InvalidRequest, TokenRejected
+from deputy.errors import InvalidClient, InvalidRequest, TemporarilyUnavailable, TokenRejected
 from deputy.identity.errors import KeysUnavailable
 from deputy.identity.jose import (
     ALLOWED_ASYMMETRIC_ALGS,
-    MAX_AUDIENCES,
     MAX_TOKEN_BYTES,
     KeyLookup,
     check_subject,
@@ -174,6 +173,19 @@ class ClientAuthenticator:
         self._audiences = audiences
         self._replay = replay if replay is not None else ReplayCache(clock)
 
+    def asserts(self, assertion: str | None) -> bool:
+        """Whether a client assertion claims to come from a configured ``private_key_jwt``
+        client (so an endpoint that also takes agents' workload tokens can tell them apart).
+        """
+        if assertion is None or len(assertion) > MAX_TOKEN_BYTES:
+            return False
+        try:
+            iss = parse_compact(assertion).claims.get("iss")
+        except TokenRejected:
+            return False
+        entry = self._clients.get(iss) if isinstance(iss, str) else None
+        return entry is not None and entry.keys is not None
+
     async def authenticate(self, authorization: str | None, form: Form) -> Client:
         """The client that ``authorization`` (the header) and ``form`` authenticate.
 
@@ -243,7 +255,9 @@ class ClientAuthenticator:
         try:
             entry = await self._verify_assertion(assertion, client_id)
         except KeysUnavailable:
-            raise
+            raise TemporarilyUnavailable(
+                "the keys of this client cannot be fetched; retry shortly", retry_after=1
+            ) from None
         except TokenRejected as exc:
             raise InvalidClient(FAILED, debug=f"client assertion: {exc.reason}") from None
         return _client(entry, PRIVATE_KEY_JWT)
@@ -292,15 +306,19 @@ class ClientAuthenticator:
         return entry
 
     def _audience(self, claims: Mapping[str, Any]) -> str:
-        """The first ``aud`` value that names this server (RFC 7523 §3 item 3)."""
+        """The one ``aud``, naming this server (RFC 7523 §3 item 3).
+
+        A single audience only: an assertion also addressed to someone else could be replayed
+        here by that someone (draft-ietf-oauth-rfc7523bis).
+        """
         aud = claims.get("aud")
-        values: list[Any] = aud if isinstance(aud, list) else [aud]
-        if aud is None or len(values) > MAX_AUDIENCES:
-            raise TokenRejected("assertion has no usable aud")
-        for value in values:
-            if isinstance(value, str) and value in self._audiences:
-                return value
-        raise TokenRejected("assertion aud does not name this server")
+        if isinstance(aud, list) and len(aud) == 1:
+            aud = aud[0]
+        if not isinstance(aud, str):
+            raise TokenRejected("assertion aud must be this server alone")
+        if aud not in self._audiences:
+            raise TokenRejected("assertion aud does not name this server")
+        return aud
 
 
 def _client(entry: ClientEntry, method: str) -> Client:

@@ -23,8 +23,9 @@ JWKS_PATH = "/.well-known/jwks.json"
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 # Agents send their workload token as an RFC 7523 client assertion (jwt-bearer, or the
-# SPIFFE profile's jwt-spiffe, listed under client_assertion_types_supported).
-AGENT_AUTH_METHODS = ("private_key_jwt",)
+# SPIFFE profile's jwt-spiffe, listed under client_assertion_types_supported), or only as
+# the actor_token of a token exchange ("none": no client authentication beyond it).
+AGENT_AUTH_METHODS = ("private_key_jwt", "none")
 ALGS = sorted(ALLOWED_ASYMMETRIC_ALGS)
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 

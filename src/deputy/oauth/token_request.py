@@ -20,7 +20,7 @@ from deputy.errors import (
 )
 from deputy.identity.workload import Workload
 from deputy.oauth.form import Form
-from deputy.service.issuance import IssueResult, WorkloadProof
+from deputy.service.issuance import ANY_WORKLOAD, IssueResult, WorkloadProof
 from deputy.service.request import MAX_ID_LENGTH, IssueRequest
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
@@ -37,6 +37,8 @@ JWT = "urn:ietf:params:oauth:token-type:jwt"
 SUBJECT_TOKEN_TYPES = (ACCESS_TOKEN, ID_TOKEN, JWT)
 ACTOR_TOKEN_TYPES = (JWT, ID_TOKEN, ACCESS_TOKEN)
 REQUESTED_TOKEN_TYPES = (ACCESS_TOKEN, JWT)
+
+EXCHANGE_ONLY = ("subject_token", "subject_token_type", "requested_token_type")
 
 # resource and audience may be repeated (RFC 8693 §2.1, RFC 8707 §2).
 REPEATABLE = frozenset({"resource", "audience"})
@@ -95,6 +97,17 @@ def _targets(form: Form) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*resources, *audiences)))
 
 
+def client_assertion(token: str, *, spiffe: bool) -> WorkloadProof:
+    """An agent's workload token as an RFC 7523 client assertion (``jwt-spiffe``: SVIDs only)."""
+    return WorkloadProof(
+        token,
+        "client_assertion",
+        InvalidClient,
+        frozenset({"spiffe"}) if spiffe else ANY_WORKLOAD,
+        sole_audience=True,
+    )
+
+
 def _workflow(form: Form) -> str | None:
     """Deputy's extension parameter: which workflow, when a workload is in several."""
     name = form.get("workflow")
@@ -141,14 +154,7 @@ class TokenRequest:
         assertion = _pair(form, "client_assertion", "client_assertion_type", ASSERTION_TYPES)
         if assertion is not None:
             spiffe = form.get("client_assertion_type") == JWT_SPIFFE
-            proofs.append(
-                WorkloadProof(
-                    assertion,
-                    "client_assertion",
-                    InvalidClient,
-                    frozenset({"spiffe"}) if spiffe else frozenset({"spiffe", "oidc"}),
-                )
-            )
+            proofs.append(client_assertion(assertion, spiffe=spiffe))
         actor = _pair(form, "actor_token", "actor_token_type", ACTOR_TOKEN_TYPES)
         if actor is not None:
             if grant != TOKEN_EXCHANGE:
@@ -170,6 +176,9 @@ class TokenRequest:
             raise InvalidClient("client_id does not name the workload the assertion proves")
         targets, scopes = _targets(form), _scopes(form)
         if form.get("grant_type") == CLIENT_CREDENTIALS:
+            stray = [n for n in EXCHANGE_ONLY if n in form]
+            if stray:
+                raise InvalidRequest(f"{', '.join(stray)} belong to token exchange only")
             return IssueRequest(
                 agent_id=None,
                 targets=targets,

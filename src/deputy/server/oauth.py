@@ -10,18 +10,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deputy.audit.revocation import SELECTORS
-from deputy.errors import InvalidClient, InvalidRequest, OAuthError, ServerError, UnauthorizedClient
+from deputy.errors import InvalidRequest, OAuthError, ServerError, UnauthorizedClient
 from deputy.identity.workload import WorkloadVerifier
 from deputy.oauth.client_auth import Client, ClientAuthenticator
 from deputy.oauth.form import MAX_FORM_BYTES, Form, parse_form
-from deputy.oauth.token_request import ASSERTION_TYPES, JWT_SPIFFE, REPEATABLE, TokenRequest
+from deputy.oauth.token_request import (
+    ASSERTION_TYPES,
+    JWT_SPIFFE,
+    REPEATABLE,
+    TokenRequest,
+    client_assertion,
+)
 from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error
 from deputy.service.context import RequestContext
 from deputy.service.introspection import Introspection
 from deputy.service.issuance import (
-    ANY_WORKLOAD,
     IssuanceService,
-    WorkloadProof,
     verify_workload,
 )
 from deputy.service.request import decode_json_body
@@ -146,17 +150,16 @@ class OAuthEndpoints:
         """RFC 7009: the agent holding a credential (by client assertion), or an operator."""
         form = await _form(request)
         token = form.get("token")
-        if form.get("client_assertion_type") in ASSERTION_TYPES:
-            assertion = form.get("client_assertion")
+        assertion, kind = form.get("client_assertion"), form.get("client_assertion_type")
+        # An agent's workload token, unless a configured client signed the assertion.
+        by_agent = kind == JWT_SPIFFE or (
+            kind in ASSERTION_TYPES and not self._clients.asserts(assertion)
+        )
+        if by_agent:
             if assertion is None:
                 raise InvalidRequest("`client_assertion_type` needs `client_assertion`")
-            spiffe = form.get("client_assertion_type") == JWT_SPIFFE
-            proof = WorkloadProof(
-                assertion,
-                "client_assertion",
-                InvalidClient,
-                frozenset({"spiffe"}) if spiffe else ANY_WORKLOAD,
-            )
+            spiffe = kind == JWT_SPIFFE
+            proof = client_assertion(assertion, spiffe=spiffe)
             workload = await verify_workload(self._workloads, (proof,))
             holder: str | None = workload.id
             asker = f"workload:{workload.id}"
@@ -187,7 +190,14 @@ class OAuthEndpoints:
     async def admin_revoke(
         self, request: Request, context: RequestContext
     ) -> tuple[int, Any, dict[str, str]]:
-        """The kill switch: ``{"<selector>": "<value>", "reason": "..."}`` from an admin client."""
+        """The kill switch: ``{"<selector>": "<value>", "reason": "..."}`` from an admin client.
+
+        HTTP Basic only (the body is JSON), and only ``application/json``, which a browser
+        cannot send across origins without a preflight.
+        """
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != "application/json":
+            raise InvalidRequest("the body must be application/json")
         client = await self._client(request, Form({}))
         if not client.admin:
             raise UnauthorizedClient("this client is not an admin client")

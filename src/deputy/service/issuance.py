@@ -25,7 +25,7 @@ from deputy.errors import (
     UnauthorizedClient,
 )
 from deputy.identity.errors import KeysUnavailable
-from deputy.identity.user import Principal, UserVerifier, may_act_of
+from deputy.identity.user import Principal, UserVerifier
 from deputy.identity.workload import Workload, WorkloadVerifier
 from deputy.ids import IdSource
 from deputy.policy.engine import Chain, Decision, Grant, Subject, decide
@@ -59,6 +59,9 @@ class WorkloadProof:
     name: str  # how the request calls it, for messages
     rejected: type[OAuthError] = InvalidToken
     kinds: frozenset[str] = ANY_WORKLOAD  # which kinds of workload token it may be
+    # A client assertion must be addressed to Deputy alone, or whoever else it names could
+    # replay it here (draft-ietf-oauth-rfc7523bis).
+    sole_audience: bool = False
 
 
 class Exchange(Protocol):
@@ -136,6 +139,7 @@ class _Trail:
     workflow: str | None = None
     decision: Decision | None = None
     parent: VerifiedCredential | None = None
+    may_act: str | None = None
 
     @property
     def agent_instance(self) -> str | None:
@@ -187,6 +191,7 @@ class _Trail:
             grant_type=req.grant if req and req.grant != "issue" else None,
             parent_jti=self.parent.jti if self.parent else None,
             parent_actors=self.parent.actors if self.parent else (),
+            may_act=self.may_act,
         )
 
 
@@ -374,6 +379,7 @@ class IssuanceService:
             raise _keys_unavailable() from None
         except TokenRejected as err:
             raise InvalidRequest(f"{field_} rejected: {err.reason}") from None
+        trail.may_act = principal.may_act
         return Subject(
             workload.id,
             principal.user_id,
@@ -417,7 +423,6 @@ class IssuanceService:
         assert workload is not None
         try:
             parent = self._credentials.verify(token)
-            may_act = may_act_of(parent.claims)
         except TokenRejected as err:
             raise InvalidRequest(f"{field_} rejected: {err.reason}") from None
         if await self._revocations.covering(parent.claims) is not None:
@@ -440,8 +445,10 @@ class IssuanceService:
             float(parent.expires_at),
         )
         chain = Chain(parent.actors, entry.workflow, parent.audience, parent.scopes, delegation)
+        # The user's may_act binds the whole chain: only that workload ever acts for them.
+        trail.may_act = entry.may_act
         return Subject(
-            workload.id, entry.user_id, entry.tier, delegation, may_act=may_act, chain=chain
+            workload.id, entry.user_id, entry.tier, delegation, may_act=entry.may_act, chain=chain
         )
 
     def _demands(
@@ -473,6 +480,7 @@ class IssuanceService:
         if trail.principal.expires_at is not None:
             expires_at = min(expires_at, int(trail.principal.expires_at))
         parent = trail.parent.actors if trail.parent else ()
+        lineage = trail.parent.lineage if trail.parent else ()
         who = Attribution(
             user_id=subject.user_id or subject.workload_id,
             actors=(subject.workload_id, *parent),
@@ -481,6 +489,7 @@ class IssuanceService:
             workflow=workflow.name,
             decision_id=trail.decision_id,
             delegation=subject.delegation,
+            delegated_from=lineage,
         )
         return tuple(self._draft_one(g, who, issued_at, expires_at) for g in decision.grants)
 
@@ -513,6 +522,8 @@ async def verify_workload(
         if workload.kind not in proof.kinds:
             kinds = " or ".join(sorted(proof.kinds))
             raise proof.rejected(f"{proof.name} must be a {kinds} token")
+        if proof.sole_audience and not workload.sole_audience:
+            raise proof.rejected(f"{proof.name} must name Deputy as its only audience")
         if found is not None and workload.id != found.id:
             names = " and ".join(p.name for p in proofs)
             raise InvalidRequest(f"{names} name different workloads")

@@ -148,7 +148,7 @@ class Revocations:
                 f"`reason` must be at most {MAX_REASON_LENGTH} printable characters"
             )
         now = self._clock.now()
-        issued_before = math.ceil(now)
+        issued_before = math.floor(now)
         try:
             live = await self._ledger.live(selector, value, now)
         except StoreUnavailable:

@@ -26,6 +26,7 @@ class Attribution:
     workflow: str
     decision_id: str
     delegation: str
+    delegated_from: tuple[str, ...] = ()  # jtis of the credentials this one descends from
 
     @property
     def act(self) -> dict[str, Any] | None:
@@ -113,6 +114,9 @@ class Minter:
         act = who.act
         if act is not None:
             claims["act"] = act
+        if who.delegated_from:
+            # Nearest first: revoking any of them revokes this credential too.
+            claims["delegated_from"] = list(who.delegated_from)
         return CredentialDraft(tool, jti, audience, scope, category, issued_at, expires_at, claims)
 
 

@@ -35,6 +35,11 @@ class VerifiedCredential:
     actors: tuple[str, ...]  # the act chain, newest actor first
     claims: Mapping[str, Any] = field(repr=False)
 
+    @property
+    def lineage(self) -> tuple[str, ...]:
+        """Its own jti, then the jtis of the credentials it descends from, nearest first."""
+        return (self.jti, *ancestors(self.claims))
+
 
 def act_chain(claims: Mapping[str, Any]) -> tuple[str, ...]:
     """RFC 8693 §4.1 ``act``, nested newest-first, as a tuple of actor subjects."""
@@ -48,6 +53,14 @@ def act_chain(claims: Mapping[str, Any]) -> tuple[str, ...]:
         actors.append(act["sub"])
         act = act.get("act")
     return tuple(actors)
+
+
+def ancestors(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """``delegated_from``: the jtis a credential descends from (empty if malformed)."""
+    value = claims.get("delegated_from")
+    if not isinstance(value, list) or len(value) > MAX_ACT_DEPTH:
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
 
 
 def _text(claims: Mapping[str, Any], name: str) -> str:

@@ -124,8 +124,24 @@ def test_missing_optional_claims_are_not_matched() -> None:
 
 
 def test_credential_issued_after_cutoff_is_not_covered() -> None:
-    rl = listing(Revocation("jti", "jti-1", CUTOFF, EXPIRES, id=1))
+    rl = listing(Revocation("user_id", "alice", CUTOFF, EXPIRES, id=1))
     assert rl.covers(facts(iat=CUTOFF + 1)) is None
+
+
+def test_a_revoked_jti_is_covered_whatever_its_iat() -> None:
+    # A jti names one credential: a clock running ahead elsewhere must not let it escape.
+    r = Revocation("jti", "jti-1", CUTOFF, EXPIRES, id=1)
+    assert listing(r).covers(facts(iat=CUTOFF + 3600)) == r
+
+
+def test_credentials_exchanged_from_a_revoked_one_are_covered() -> None:
+    r = Revocation("jti", "parent", CUTOFF, EXPIRES, id=1)
+    rl = listing(r)
+    child = facts(jti="child", delegated_from=["parent"])
+    grandchild = facts(jti="gc", iat=CUTOFF + 99, delegated_from=["child", "parent"])
+    assert rl.covers(child) == r and rl.covers(grandchild) == r
+    unrelated = facts(jti="x", delegated_from="parent")  # not a list: no ancestry
+    assert unrelated.ancestors == () and rl.covers(unrelated) is None
 
 
 def test_credential_issued_exactly_at_cutoff_is_covered() -> None:
@@ -139,9 +155,9 @@ def test_credential_issued_before_cutoff_is_covered() -> None:
 
 
 def test_later_selector_still_checked_when_earlier_cutoff_misses() -> None:
-    jti_kill = Revocation("jti", "jti-1", CUTOFF - 1, EXPIRES, id=1)
+    instance_kill = Revocation("agent_instance", "inst-1", CUTOFF - 1, EXPIRES, id=1)
     user_kill = Revocation("user_id", "alice", CUTOFF, EXPIRES, id=2)
-    assert listing(jti_kill, user_kill).covers(facts(iat=CUTOFF)) == user_kill
+    assert listing(instance_kill, user_kill).covers(facts(iat=CUTOFF)) == user_kill
 
 
 # --- prune and entries ---------------------------------------------------------------------

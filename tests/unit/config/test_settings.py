@@ -85,6 +85,7 @@ def test_urls_are_not_resolved_as_paths(tmp_path: Path) -> None:
         ),
         (lambda d: d.pop("issuer"), "issuer: required key is missing"),
         (lambda d: d.update(issuer="deputy.internal"), "issuer: must be an http(s) URL"),
+        (lambda d: d.update(issuer="https://deputy.internal/"), "or trailing slash"),
         (
             lambda d: d["agents"]["spiffe"][0].update(trust_domain="Prod.Example"),
             "agents.spiffe.0.trust_domain",
@@ -121,6 +122,7 @@ def test_urls_are_not_resolved_as_paths(tmp_path: Path) -> None:
         "bad-delegation",
         "missing-issuer",
         "issuer-not-url",
+        "issuer-trailing-slash",
         "trust-domain-uppercase",
         "tiers-on-asserted",
         "scope-with-space",

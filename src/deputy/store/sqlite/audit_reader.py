@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -113,7 +114,8 @@ class SqliteAuditReader:
 
     async def credential(self, jti: str) -> LedgerEntry | None:
         """The credential ``jti`` with what its record says of its user and execution."""
-        rows = self._rows(
+        rows = await asyncio.to_thread(
+            self._rows,
             "SELECT c.tool, c.expires_at, r.body FROM credentials c"
             " JOIN records r ON r.seq = c.seq WHERE c.jti = ?",
             (jti,),
@@ -133,6 +135,7 @@ class SqliteAuditReader:
             workflow=data.get("workflow"),
             execution_id=data.get("execution_id"),
             workload_id=data.get("workload_id"),
+            may_act=data.get("may_act"),
         )
 
     async def live(self, selector: str, value: str, now: float) -> LiveCredentials:
@@ -143,7 +146,8 @@ class SqliteAuditReader:
             where = f"r.{selector} = ?"
         else:
             raise ValueError(f"unknown selector {selector!r}")
-        (count, users, latest), *_ = self._rows(
+        (count, users, latest), *_ = await asyncio.to_thread(
+            self._rows,
             "SELECT COUNT(*), COUNT(DISTINCT r.user_id), MAX(c.expires_at)"  # noqa: S608 - fixed names
             " FROM credentials c JOIN records r ON r.seq = c.seq"
             f" WHERE {where} AND c.expires_at > ?",
@@ -152,7 +156,8 @@ class SqliteAuditReader:
         return LiveCredentials(count, users, latest)
 
     async def revocations_after(self, last_id: int, now: float) -> list[Revocation]:
-        rows = self._rows(
+        rows = await asyncio.to_thread(
+            self._rows,
             "SELECT id, selector, value, issued_before, expires_at FROM revocations"
             " WHERE id > ? AND expires_at > ? ORDER BY id",
             (last_id, now),
