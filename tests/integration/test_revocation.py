@@ -146,6 +146,7 @@ def test_holder_revokes_its_credential(deployment: Deployment, broker: Broker) -
     jti = pyjwt.decode(token, options={"verify_signature": False})["jti"]
     first = client.get("/revocations")
     assert first.status_code == 200 and first.json()["revocations"] == []
+    assert first.headers.get_list("cache-control") == ["no-cache"]
     etag = first.headers["etag"]
     assert client.get("/revocations", headers={"if-none-match": etag}).status_code == 304
     # Another agent cannot revoke it; an unknown token is no error (RFC 7009 §2.2).

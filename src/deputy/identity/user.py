@@ -87,11 +87,16 @@ class UserVerifier:
         self._cache = cache
         self._reject_issuers = reject_issuers
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified before and not yet expired, if any."""
+        if self._cache is None:
+            return None
+        return self._cache.get_as(token, Principal, MAX_TOKEN_BYTES)
+
     async def verify(self, token: str) -> Principal:
-        if self._cache is not None:
-            hit = self._cache.get_as(token, Principal, MAX_TOKEN_BYTES)
-            if hit is not None:
-                return hit
+        hit = self.cached(token)
+        if hit is not None:
+            return hit
         parsed = parse_compact(token)
         check_type(parsed.header, USER_FORBIDDEN_TYPES)
         claims = parsed.claims

@@ -27,7 +27,7 @@ from deputy.oauth.endpoints import (
     TOKEN_PATH,
     metadata,
 )
-from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error
+from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error, respond
 from deputy.server.oauth import OAuthEndpoints
 from deputy.server.wiring import Broker
 from deputy.service.issuance import IssuanceService, JsonIssue, RequestContext
@@ -103,9 +103,7 @@ class IssueEndpoint:
             status = 200
             headers = [*JSON_TYPE, *NO_STORE, (b"x-request-id", rid.encode())]
             payload = json_body(result.body(self._clock.now()))
-        headers.append((b"content-length", str(len(payload)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        await respond(send, status, headers, payload)
 
 
 def create_app(broker: Broker, clock: Clock) -> Router:

@@ -1,9 +1,11 @@
-"""The one place where errors become HTTP responses."""
+"""The one place where errors become HTTP responses, and where responses are sent."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from starlette.types import Send
 
 from deputy.errors import InvalidClient, InvalidToken, OAuthError
 
@@ -37,3 +39,11 @@ def render_error(err: OAuthError, request_id: str) -> tuple[int, Headers, bytes]
     if err.retry_after is not None:
         headers.append((b"retry-after", str(err.retry_after).encode()))
     return err.status_code, headers, json_body(err.body())
+
+
+async def respond(send: Send, status: int, headers: Headers, payload: bytes) -> None:
+    """Send a whole response as two ASGI messages (no response object on the hot paths)."""
+    if status != 304:
+        headers.append((b"content-length", str(len(payload)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from deputy.audit.revocation import SELECTORS
 from deputy.errors import InvalidRequest, OAuthError, ServerError, UnauthorizedClient
@@ -21,7 +21,7 @@ from deputy.oauth.token_request import (
     TokenRequest,
     client_assertion,
 )
-from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error
+from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error, respond
 from deputy.service.context import RequestContext
 from deputy.service.introspection import Introspection
 from deputy.service.issuance import (
@@ -52,13 +52,6 @@ def _context(request: Request, path: str, request_id: str) -> RequestContext:
     return RequestContext(request_id, client.host if client else None, path)
 
 
-def _json(status: int, document: Any, request_id: str, extra: dict[str, str]) -> Response:
-    headers = {k.decode(): v.decode() for k, v in (*JSON_TYPE, *NO_STORE)}
-    headers.update(extra)
-    headers["x-request-id"] = request_id
-    return Response(json_body(document), status_code=status, headers=headers)
-
-
 def _single_authorization(request: Request) -> str | None:
     values = request.headers.getlist("authorization")
     if len(values) > 1:
@@ -69,6 +62,41 @@ def _single_authorization(request: Request) -> str | None:
 async def _form(request: Request, repeatable: frozenset[str] = frozenset()) -> Form:
     body = await limited_body(request, MAX_FORM_BYTES)
     return parse_form(body, request.headers.get("content-type"), repeatable=repeatable)
+
+
+class OAuthEndpoint:
+    """One endpoint as a plain ASGI app: no middleware or response objects per request."""
+
+    def __init__(
+        self, path: str, handler: Handler, new_request_id: Callable[[Request], str]
+    ) -> None:
+        self._path = path
+        self._handler = handler
+        self._request_id = new_request_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        rid = self._request_id(request)
+        try:
+            status, document, extra = await self._handler(
+                request, _context(request, self._path, rid)
+            )
+        except OAuthError as err:
+            status, headers, payload = render_error(err, rid)
+        except Exception:
+            _log.exception("%s failed unexpectedly (request %s)", self._path, rid)
+            status, headers, payload = render_error(ServerError("internal error"), rid)
+        else:
+            given = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+            headers = [(b"x-request-id", rid.encode()), *given]
+            if "cache-control" not in extra:
+                headers += NO_STORE
+            if status == 304:
+                payload = b""
+            else:
+                headers += JSON_TYPE
+                payload = json_body(document)
+        await respond(send, status, headers, payload)
 
 
 class OAuthEndpoints:
@@ -93,23 +121,8 @@ class OAuthEndpoints:
         self._request_id = new_request_id
         self._now = now
 
-    def endpoint(self, path: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def run(request: Request) -> Response:
-            rid = self._request_id(request)
-            try:
-                status, document, headers = await handler(request, _context(request, path, rid))
-            except OAuthError as err:
-                code, error_headers, payload = render_error(err, rid)
-                return Response(payload, status_code=code, headers=_text_headers(error_headers))
-            except Exception:
-                _log.exception("%s failed unexpectedly (request %s)", path, rid)
-                code, error_headers, payload = render_error(ServerError("internal error"), rid)
-                return Response(payload, status_code=code, headers=_text_headers(error_headers))
-            if status == 304:
-                return Response(status_code=304, headers=headers)
-            return _json(status, document, rid, headers)
-
-        return run
+    def endpoint(self, path: str, handler: Handler) -> OAuthEndpoint:
+        return OAuthEndpoint(path, handler, self._request_id)
 
     async def token(
         self, request: Request, context: RequestContext
@@ -222,7 +235,3 @@ def _kill_order(body: object) -> tuple[str, str, str | None]:
     if not isinstance(value, str) or (reason is not None and not isinstance(reason, str)):
         raise InvalidRequest(f"`{named[0]}` and `reason` must be strings")
     return named[0], value, reason
-
-
-def _text_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}

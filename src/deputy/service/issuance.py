@@ -349,7 +349,12 @@ class IssuanceService:
         if request.grant == "client_credentials" or workflow.delegation == "none":
             return self._agent_itself(trail, workflow, request)
         token, field_ = request.user_token, request.subject_field
-        if token is not None and request.grant == "token_exchange":
+        # A user's token seen before is no Deputy credential: no need to look closer.
+        if (
+            token is not None
+            and request.grant == "token_exchange"
+            and self._users.cached(token) is None
+        ):
             chained = await self._chained_subject(trail, token, field_, request.subject_is_id_token)
             if chained is not None:
                 return chained
