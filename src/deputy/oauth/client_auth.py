@@ -12,9 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import heapq
 import hmac
-import math
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -36,6 +34,7 @@ from deputy.identity.jose import (
     parse_compact,
     verify_for_issuer,
 )
+from deputy.identity.replay import ReplayCache
 from deputy.identity.workload import index_unique
 from deputy.oauth.form import Form
 
@@ -100,55 +99,6 @@ class ClientEntry:
             raise ValueError(f"client {self.name!r}: give exactly one of secret_sha256 or keys")
         if self.secret_sha256 is not None and not _SHA256_HEX.fullmatch(self.secret_sha256):
             raise ValueError(f"client {self.name!r}: secret_sha256 must be 64 lowercase hex digits")
-
-
-class ReplayCache:
-    """Remembers assertion ids until they expire, in bounded memory.
-
-    When full it refuses new ids rather than evicting unexpired ones, which would let a
-    captured assertion be replayed.
-    """
-
-    def __init__(self, clock: Clock, max_entries: int = 100_000) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self._clock = clock
-        self._max_entries = max_entries
-        self._expiry: dict[str, float] = {}
-        self._heap: list[tuple[float, str]] = []
-
-    def first_use(self, key: str, expires_at: float) -> bool:
-        """Record ``key`` until ``expires_at``; False if seen, already expired, or full."""
-        if not math.isfinite(expires_at):
-            raise ValueError("expires_at must be finite")
-        now = self._clock.now()
-        self._purge(now)
-        if key in self._expiry:
-            return False
-        if expires_at <= now or len(self._expiry) >= self._max_entries:
-            # An expired entry could not be remembered, so it is refused like a replay.
-            return False
-        self._expiry[key] = expires_at
-        heapq.heappush(self._heap, (expires_at, key))
-        return True
-
-    @property
-    def full(self) -> bool:
-        return len(self._expiry) >= self._max_entries
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def __contains__(self, key: object) -> bool:
-        """Whether ``key`` is remembered and not yet expired."""
-        expires_at = self._expiry.get(key) if isinstance(key, str) else None
-        return expires_at is not None and expires_at > self._clock.now()
-
-    def _purge(self, now: float) -> None:
-        # Each live key has exactly one heap entry, pushed when it was recorded.
-        while self._heap and self._heap[0][0] <= now:
-            _, key = heapq.heappop(self._heap)
-            del self._expiry[key]
 
 
 class ClientAuthenticator:

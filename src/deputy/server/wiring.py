@@ -28,7 +28,8 @@ from deputy.identity import (
 from deputy.identity.errors import KeySourceError
 from deputy.identity.jwks import KeySource
 from deputy.ids import IdSource
-from deputy.oauth.client_auth import ClientAuthenticator, ClientEntry, ReplayCache
+from deputy.identity.replay import ReplayCache
+from deputy.oauth.client_auth import ClientAuthenticator, ClientEntry
 from deputy.oauth.endpoints import endpoint_urls
 from deputy.policy.model import Policy, policy_from_settings
 from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore

@@ -14,6 +14,7 @@ from deputy.clock import FakeClock
 from deputy.errors import InvalidClient, InvalidRequest, OAuthError, TemporarilyUnavailable
 from deputy.identity import JwksCache, KeySourceError
 from deputy.identity.jose import MAX_TOKEN_BYTES
+from deputy.identity.replay import ReplayCache
 from deputy.oauth.client_auth import (
     JWT_BEARER_ASSERTION,
     PRIVATE_KEY_JWT,
@@ -22,7 +23,6 @@ from deputy.oauth.client_auth import (
     Client,
     ClientAuthenticator,
     ClientEntry,
-    ReplayCache,
     hash_secret,
     new_secret,
 )
