@@ -92,6 +92,13 @@ class UnsupportedGrantType(OAuthError):
     status_code = 400
 
 
+class InvalidDpopProof(OAuthError):
+    """RFC 9449 §5 ``invalid_dpop_proof``: the DPoP proof is missing where required, or invalid."""
+
+    error = "invalid_dpop_proof"
+    status_code = 400
+
+
 class AccessDenied(OAuthError):
     """RFC 6749 §4.1.2.1 ``access_denied``: policy said no; ``reasons`` names every rule."""
 

@@ -32,6 +32,7 @@ def exchange(
     assertion: str | None = None,
     assertion_type: str = JWT_SPIFFE,
     subject_type: str = ID_TOKEN,
+    headers: Any = None,
     **params: Any,
 ) -> httpx.Response:
     """An RFC 8693 token exchange; list values become repeated parameters."""
@@ -42,7 +43,7 @@ def exchange(
         form.update(actor_token=actor, actor_token_type=JWT)
     if assertion is not None:
         form.update(client_assertion=assertion, client_assertion_type=assertion_type)
-    return client.post("/oauth2/token", data=form)
+    return client.post("/oauth2/token", data=form, headers=headers)
 
 
 def alice_exchange(d: Deployment, client: httpx.Client, **params: Any) -> httpx.Response:

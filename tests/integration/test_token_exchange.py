@@ -12,6 +12,7 @@ import pytest
 
 from deputy.audit.log import AuditFilter
 from deputy.devtools.broker_thread import BrokerThread
+from deputy.sdk.dpop import DpopKey
 from tests.integration.deployment import Deployment, running, write_deployment
 from tests.integration.oauth_client import (
     ACCESS_TOKEN,
@@ -527,3 +528,85 @@ def test_client_credentials_takes_no_subject(deployment: Deployment, broker: Bro
         },
     )
     assert error_of(response) == (400, "invalid_request", [])
+
+
+# --- DPoP (RFC 9449) ---------------------------------------------------------------------
+
+
+def test_dpop_binds_credentials_at_both_endpoints(deployment: Deployment, broker: Broker) -> None:
+    server, client = broker
+    key = DpopKey()
+    response = alice_exchange(
+        deployment,
+        client,
+        resource=CRM,
+        headers={"DPoP": key.proof("POST", f"{ISSUER}/oauth2/token")},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["token_type"] == "DPoP"
+    assert claims_of(response.json()["access_token"])["cnf"] == {"jkt": key.jkt}
+    assert records(server)[-1]["dpop_jkt"] == key.jkt
+    issued = client.post(
+        "/issue",
+        json={
+            "agent_id": "t-1",
+            "user_token": deployment.idp.user_token("alice", "pro"),
+            "tools": ["pricing_api"],
+        },
+        headers={
+            "Authorization": f"Bearer {deployment.svid()}",
+            "DPoP": key.proof("POST", f"{ISSUER}/issue"),
+        },
+    )
+    assert issued.status_code == 200, issued.text
+    credential = issued.json()["credentials"]["pricing_api"]
+    assert credential["token_type"] == "DPoP"
+    assert claims_of(credential["access_token"])["cnf"] == {"jkt": key.jkt}
+
+
+def test_bad_or_replayed_dpop_proofs(deployment: Deployment, broker: Broker) -> None:
+    _, client = broker
+    key = DpopKey()
+    proof = key.proof("POST", f"{ISSUER}/oauth2/token")
+    assert alice_exchange(deployment, client, resource=CRM, headers={"DPoP": proof}).is_success
+    replayed = alice_exchange(deployment, client, resource=CRM, headers={"DPoP": proof})
+    assert error_of(replayed) == (400, "invalid_dpop_proof", [])
+    assert "already used" in replayed.json()["error_description"]
+    wrong_url = key.proof("POST", "https://elsewhere.example/oauth2/token")
+    elsewhere = alice_exchange(deployment, client, resource=CRM, headers={"DPoP": wrong_url})
+    assert error_of(elsewhere) == (400, "invalid_dpop_proof", [])
+    two = alice_exchange(
+        deployment,
+        client,
+        resource=CRM,
+        headers=[
+            ("DPoP", key.proof("POST", f"{ISSUER}/oauth2/token")),
+            ("DPoP", key.proof("POST", f"{ISSUER}/oauth2/token")),
+        ],
+    )
+    assert error_of(two) == (400, "invalid_dpop_proof", [])
+
+
+def test_a_workflow_can_require_dpop(tmp_path: Path) -> None:
+    def mutate(doc: dict[str, Any]) -> None:
+        doc["workflows"]["customer-support"]["require_dpop"] = True
+
+    d = write_deployment(tmp_path, mutate)
+    with running(d) as (_, client):
+        bearer = alice_exchange(d, client, resource=CRM)
+        assert error_of(bearer) == (400, "invalid_dpop_proof", ["dpop.required"])
+        key = DpopKey()
+        bound = alice_exchange(
+            d, client, resource=CRM, headers={"DPoP": key.proof("POST", f"{ISSUER}/oauth2/token")}
+        )
+        assert bound.status_code == 200 and bound.json()["token_type"] == "DPoP"
+        at_issue = client.post(
+            "/issue",
+            json={
+                "agent_id": "t-1",
+                "user_token": d.idp.user_token("alice", "pro"),
+                "tools": ["pricing_api"],
+            },
+            headers={"Authorization": f"Bearer {d.svid()}"},
+        )
+        assert error_of(at_issue) == (403, "access_denied", ["dpop.required"])

@@ -54,6 +54,7 @@ class DecisionRecord:
     parent_jti: str | None = None  # the credential a sub-agent exchanged (delegation chain)
     parent_actors: tuple[str, ...] = ()  # that credential's act chain, newest first
     may_act: str | None = None  # the one workload the user's token let act (kept down a chain)
+    dpop_jkt: str | None = None  # the key the credentials are bound to (RFC 9449 cnf.jkt)
     requested_by: str | None = None  # who asked for a revocation
     revocation: dict[str, Any] | None = None  # selector, value, issued_before, expires_at
 

@@ -69,6 +69,7 @@ class WorkflowSettings(_Strict):
     delegation: Literal["user_token", "asserted", "none"] = "user_token"
     # Sub-agents (workload id patterns) that may exchange this workflow's credentials.
     delegate_to: tuple[StrictStr, ...] = ()
+    require_dpop: bool = False  # credentials only bound to a key the agent proves (RFC 9449)
     tiers: tuple[StrictStr, ...] | None = None
     tools: dict[Name, tuple[Scope, ...]] = Field(min_length=1)
     ttl: TtlSettings = TtlSettings()

@@ -61,4 +61,5 @@ def metadata(issuer: str, signing_alg: str, scopes: frozenset[str]) -> dict[str,
         "requested_token_types_supported": list(REQUESTED_TOKEN_TYPES),
         "issued_token_types_supported": list(REQUESTED_TOKEN_TYPES),
         "access_token_signing_alg_values_supported": [signing_alg],
+        "dpop_signing_alg_values_supported": ALGS,
     }

@@ -10,6 +10,7 @@ from deputy.config.settings import NAME_PATTERN, SCOPE_PATTERN
 from deputy.errors import (
     AccessDenied,
     InvalidClient,
+    InvalidDpopProof,
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
@@ -20,7 +21,13 @@ from deputy.errors import (
 )
 from deputy.identity.workload import Workload
 from deputy.oauth.form import Form
-from deputy.service.issuance import ANY_WORKLOAD, IssueResult, WorkloadProof
+from deputy.service.issuance import (
+    ANY_WORKLOAD,
+    NO_DPOP,
+    DpopBinding,
+    IssueResult,
+    WorkloadProof,
+)
 from deputy.service.request import MAX_ID_LENGTH, IssueRequest
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
@@ -61,6 +68,7 @@ _DENIAL_CODES: tuple[tuple[str, type[OAuthError]], ...] = (
     ("delegation.audience", InvalidTarget),
     ("workflow.scopes", InvalidScope),
     ("delegation.scopes", InvalidScope),
+    ("dpop.required", InvalidDpopProof),
 )
 
 
@@ -127,6 +135,7 @@ class TokenRequest:
     form: Form | None
     form_error: OAuthError | None = None
     authorization: str | None = field(default=None, repr=False)
+    dpop: DpopBinding = NO_DPOP
 
     @property
     def grant_type(self) -> str | None:
@@ -185,6 +194,7 @@ class TokenRequest:
                 scopes=scopes,
                 workflow=_workflow(form),
                 grant="client_credentials",
+                dpop_jkt=self.dpop.jkt(),
             )
         subject = _pair(form, "subject_token", "subject_token_type", SUBJECT_TOKEN_TYPES)
         if subject is None:
@@ -203,6 +213,7 @@ class TokenRequest:
             grant="token_exchange",
             subject_field="subject_token",
             subject_is_id_token=form.get("subject_token_type") == ID_TOKEN,
+            dpop_jkt=self.dpop.jkt(),
         )
 
     def translate(self, err: OAuthError) -> OAuthError:
@@ -235,7 +246,7 @@ class TokenRequest:
             if exchange:
                 entry["issued_token_type"] = issued
             entry.update(
-                token_type="Bearer",  # noqa: S106 - RFC 6750 token type
+                token_type=c.draft.token_type,
                 expires_in=max(0, c.draft.expires_at - int(now)),
                 scope=c.draft.scope,
                 audience=c.draft.audience,

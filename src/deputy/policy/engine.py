@@ -105,6 +105,8 @@ def decide(
     subject: Subject,
     tools: Mapping[str, tuple[str, ...] | None],
     ttl_seconds: int | None,
+    *,
+    dpop_bound: bool = False,
 ) -> Decision:
     """Evaluate every rule of ``workflow`` for this request (quota is checked separately)."""
     reasons: list[Reason] = []
@@ -137,6 +139,14 @@ def decide(
     chain = subject.chain
     if chain is not None:
         reasons.extend(_chain_reasons(policy, workflow, subject))
+    if workflow.require_dpop and not dpop_bound:
+        reasons.append(
+            Reason(
+                "dpop.required",
+                f"workflow '{workflow.name}' issues only DPoP-bound credentials: send a DPoP "
+                "proof (RFC 9449)",
+            )
+        )
     if workflow.tiers is not None and subject.tier not in workflow.tiers:
         reasons.append(
             Reason(

@@ -44,6 +44,7 @@ class Workflow:
     ttl_max: int
     rate_limits: Mapping[str, int] = field(default_factory=dict)
     delegate_to: tuple[str, ...] = ()
+    require_dpop: bool = False
 
     @cached_property
     def _pattern(self) -> re.Pattern[str]:
@@ -99,6 +100,7 @@ def policy_from_settings(settings: Settings) -> Policy:
             ttl_max=w.ttl.max,
             rate_limits=dict(w.rate_limits),
             delegate_to=w.delegate_to,
+            require_dpop=w.require_dpop,
         )
         for name, w in settings.workflows.items()
     }

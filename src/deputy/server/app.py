@@ -30,8 +30,9 @@ from deputy.oauth.endpoints import (
 from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error, respond
 from deputy.server.oauth import OAuthEndpoints
 from deputy.server.wiring import Broker
-from deputy.service.issuance import IssuanceService, JsonIssue, RequestContext
+from deputy.service.issuance import DpopBinding, IssuanceService, JsonIssue, RequestContext
 from deputy.service.request import MAX_BODY_BYTES
+from deputy.tokens.dpop import DpopVerifier
 
 KEY_RELOAD_INTERVAL_SECONDS = 2.0
 _log = logging.getLogger(__name__)
@@ -74,19 +75,31 @@ def request_id(given: bytes | None, ids: IdSource) -> str:
 class IssueEndpoint:
     """``POST /issue`` as a plain ASGI app: the hot path builds no request/response objects."""
 
-    def __init__(self, service: IssuanceService, clock: Clock, ids: IdSource) -> None:
+    def __init__(
+        self,
+        service: IssuanceService,
+        clock: Clock,
+        ids: IdSource,
+        dpop: DpopVerifier | None = None,
+        url: str = "",
+    ) -> None:
+        self._dpop = dpop
+        self._url = url
         self._service = service
         self._clock = clock
         self._ids = ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         authorizations: list[bytes] = []
+        proofs: list[str] = []
         given_id = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorizations.append(value)
             elif name == b"x-request-id":
                 given_id = value
+            elif name == b"dpop":
+                proofs.append(value.decode("latin-1"))
         # Two Authorization headers are ambiguous: neither is taken.
         authorization = authorizations[0] if len(authorizations) == 1 else None
         rid = request_id(given_id, self._ids)
@@ -94,8 +107,9 @@ class IssueEndpoint:
         context = RequestContext(rid, client[0] if client else None)
         body = await read_body(receive, MAX_BODY_BYTES)
         try:
+            dpop = DpopBinding(tuple(proofs), "POST", self._url, self._dpop)
             result = await self._service.issue(
-                JsonIssue(bearer_token(authorization), body), context
+                JsonIssue(bearer_token(authorization), body, dpop), context
             )
         except OAuthError as err:
             status, headers, payload = render_error(err, rid)
@@ -121,6 +135,7 @@ def create_app(broker: Broker, clock: Clock) -> Router:
         introspection=broker.introspection,
         revocations=broker.revocations,
         clients=broker.clients,
+        dpop=DpopBinding((), "POST", broker.settings.issuer + TOKEN_PATH, broker.dpop),
         new_request_id=lambda r: request_id(
             r.headers.get("x-request-id", "").encode("latin-1") or None, broker.ids
         ),
@@ -158,7 +173,13 @@ def create_app(broker: Broker, clock: Clock) -> Router:
             await broker.close()
 
     routes = [
-        Route(ISSUE_PATH, IssueEndpoint(broker.service, clock, broker.ids), methods=["POST"]),
+        Route(
+            ISSUE_PATH,
+            IssueEndpoint(
+                broker.service, clock, broker.ids, broker.dpop, broker.settings.issuer + ISSUE_PATH
+            ),
+            methods=["POST"],
+        ),
         Route(TOKEN_PATH, oauth.endpoint(TOKEN_PATH, oauth.token), methods=["POST"]),
         Route(
             INTROSPECTION_PATH,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error, r
 from deputy.service.context import RequestContext
 from deputy.service.introspection import Introspection
 from deputy.service.issuance import (
+    DpopBinding,
     IssuanceService,
     verify_workload,
 )
@@ -110,6 +112,7 @@ class OAuthEndpoints:
         introspection: Introspection,
         revocations: Revocations,
         clients: ClientAuthenticator,
+        dpop: DpopBinding,
         new_request_id: Callable[[Request], str],
         now: Callable[[], float],
     ) -> None:
@@ -118,6 +121,7 @@ class OAuthEndpoints:
         self._introspection = introspection
         self._revocations = revocations
         self._clients = clients
+        self._dpop = dpop
         self._request_id = new_request_id
         self._now = now
 
@@ -136,7 +140,8 @@ class OAuthEndpoints:
             form = await _form(request, REPEATABLE)
         except OAuthError as err:
             error = err
-        exchange = TokenRequest(form, error, authorization)
+        proofs = tuple(request.headers.getlist("dpop"))
+        exchange = TokenRequest(form, error, authorization, replace(self._dpop, proofs=proofs))
         result = await self._service.issue(exchange, context)
         return 200, exchange.response(result, self._now()), {}
 

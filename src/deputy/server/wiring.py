@@ -27,8 +27,8 @@ from deputy.identity import (
 )
 from deputy.identity.errors import KeySourceError
 from deputy.identity.jwks import KeySource
-from deputy.ids import IdSource
 from deputy.identity.replay import ReplayCache
+from deputy.ids import IdSource
 from deputy.oauth.client_auth import ClientAuthenticator, ClientEntry
 from deputy.oauth.endpoints import endpoint_urls
 from deputy.policy.model import Policy, policy_from_settings
@@ -41,6 +41,7 @@ from deputy.store.key_files import KEYS_DIR, FileKeyStore
 from deputy.store.sqlite.audit import open_audit_log
 from deputy.store.sqlite.audit_process import ProcessAuditLog
 from deputy.store.sqlite.audit_reader import SqliteAuditReader, open_audit_reader
+from deputy.tokens.dpop import DpopVerifier
 from deputy.tokens.key_ring import KeyRing
 from deputy.tokens.mint import Minter
 from deputy.tokens.verify import CredentialVerifier
@@ -65,6 +66,7 @@ class Broker:
     revocations: Revocations
     introspection: Introspection
     clients: ClientAuthenticator
+    dpop: DpopVerifier
 
     async def start(self) -> None:
         """Prime every configured key set so the first requests need no fetch."""
@@ -215,6 +217,7 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
         revocations=revocations,
         introspection=Introspection(credentials, revocations),
         clients=clients,
+        dpop=DpopVerifier(clock, ReplayCache(clock)),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from deputy.audit.log import AuditLog, Ledger
@@ -13,6 +13,7 @@ from deputy.clock import Clock
 from deputy.errors import (
     AccessDenied,
     CommitOutcomeUnknown,
+    InvalidDpopProof,
     InvalidRequest,
     InvalidToken,
     OAuthError,
@@ -35,6 +36,7 @@ from deputy.policy.targets import resolve_targets
 from deputy.service.context import RETRY_AFTER_UNAVAILABLE, RequestContext
 from deputy.service.request import IssueRequest, decode_json_body, parse_issue_request
 from deputy.service.revocation import Revocations
+from deputy.tokens.dpop import DpopVerifier
 from deputy.tokens.mint import Attribution, Credential, CredentialDraft, Minter
 from deputy.tokens.verify import CredentialVerifier, VerifiedCredential
 
@@ -81,11 +83,36 @@ class Exchange(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class DpopBinding:
+    """The DPoP headers of one request, and where to check them (RFC 9449 §4.3)."""
+
+    proofs: tuple[str, ...] = field(repr=False)
+    method: str
+    url: str  # the public URL of the endpoint (htu)
+    verifier: DpopVerifier | None = None
+
+    def jkt(self) -> str | None:
+        """The thumbprint of the key the credentials get bound to, if a proof was sent."""
+        if not self.proofs:
+            return None
+        if len(self.proofs) > 1 or self.verifier is None:
+            raise InvalidDpopProof("send exactly one DPoP header")
+        try:
+            return self.verifier.verify(self.proofs[0], method=self.method, url=self.url).jkt
+        except TokenRejected as err:
+            raise InvalidDpopProof(f"DPoP proof rejected: {err.reason}") from None
+
+
+NO_DPOP = DpopBinding((), "POST", "")
+
+
+@dataclass(frozen=True, slots=True)
 class JsonIssue:
     """``POST /issue``: the workload token as a Bearer token, and a JSON body."""
 
     bearer: str | None = field(repr=False)
     body: bytes = field(repr=False)
+    dpop: DpopBinding = NO_DPOP
 
     def proofs(self) -> tuple[WorkloadProof, ...]:
         if not self.bearer:
@@ -93,7 +120,9 @@ class JsonIssue:
         return (WorkloadProof(self.bearer, "workload token"),)
 
     def parse(self, workload: Workload) -> IssueRequest:
-        return parse_issue_request(decode_json_body(self.body))
+        request = parse_issue_request(decode_json_body(self.body))
+        jkt = self.dpop.jkt()
+        return request if jkt is None else replace(request, dpop_jkt=jkt)
 
     def translate(self, err: OAuthError) -> OAuthError:
         return err
@@ -112,7 +141,7 @@ class IssueResult:
             "credentials": {
                 c.draft.tool: {
                     "access_token": c.token,
-                    "token_type": "Bearer",
+                    "token_type": c.draft.token_type,
                     "expires_in": max(0, c.draft.expires_at - int(now)),
                     "expires_at": c.draft.expires_at,
                     "scope": c.draft.scope,
@@ -192,6 +221,7 @@ class _Trail:
             parent_jti=self.parent.jti if self.parent else None,
             parent_actors=self.parent.actors if self.parent else (),
             may_act=self.may_act,
+            dpop_jkt=req.dpop_jkt if req else None,
         )
 
 
@@ -266,7 +296,12 @@ class IssuanceService:
         if tools is None:
             tools = resolve_targets(self._policy, workflow, request.targets, request.scopes)
         decision = trail.decision = decide(
-            self._policy, workflow, subject, tools, request.ttl_seconds
+            self._policy,
+            workflow,
+            subject,
+            tools,
+            request.ttl_seconds,
+            dpop_bound=request.dpop_jkt is not None,
         )
         now = trail.time
         day = utc_day(now)
@@ -495,6 +530,7 @@ class IssuanceService:
             decision_id=trail.decision_id,
             delegation=subject.delegation,
             delegated_from=lineage,
+            jkt=trail.request.dpop_jkt,
         )
         return tuple(self._draft_one(g, who, issued_at, expires_at) for g in decision.grants)
 

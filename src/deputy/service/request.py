@@ -44,6 +44,7 @@ class IssueRequest:
     grant: str = "issue"
     subject_field: str = "user_token"
     subject_is_id_token: bool = False  # the token endpoint's subject_token_type said id_token
+    dpop_jkt: str | None = None  # the key a verified DPoP proof binds the credentials to
 
     def __post_init__(self) -> None:
         if self.grant not in GRANTS:

@@ -27,6 +27,7 @@ class Attribution:
     decision_id: str
     delegation: str
     delegated_from: tuple[str, ...] = ()  # jtis of the credentials this one descends from
+    jkt: str | None = None  # RFC 9449: bound to this key's thumbprint
 
     @property
     def act(self) -> dict[str, Any] | None:
@@ -63,6 +64,11 @@ class CredentialDraft:
     issued_at: int
     expires_at: int
     claims: dict[str, Any] = field(repr=False)
+
+    @property
+    def token_type(self) -> str:
+        """RFC 9449 §5: ``DPoP`` for a key-bound credential, else RFC 6750 ``Bearer``."""
+        return "DPoP" if "cnf" in self.claims else "Bearer"
 
     def signed(self, token: str) -> Credential:
         return Credential(self, token)
@@ -114,6 +120,8 @@ class Minter:
         act = who.act
         if act is not None:
             claims["act"] = act
+        if who.jkt is not None:
+            claims["cnf"] = {"jkt": who.jkt}
         if who.delegated_from:
             # Nearest first: revoking any of them revokes this credential too.
             claims["delegated_from"] = list(who.delegated_from)
