@@ -16,9 +16,13 @@ class Reason:
 
     rule: str
     message: str
+    tool: str | None = None  # the tool a tool-level rule refused, for clients to act on
 
     def as_dict(self) -> dict[str, str]:
-        return {"rule": self.rule, "message": self.message}
+        out = {"rule": self.rule, "message": self.message}
+        if self.tool is not None:
+            out["tool"] = self.tool
+        return out
 
 
 class DeputyError(Exception):

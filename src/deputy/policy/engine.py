@@ -165,6 +165,7 @@ def decide(
                     "workflow.tools",
                     f"tool '{name}' is not in the declared tools of workflow '{workflow.name}' "
                     f"({', '.join(sorted(workflow.tools))})",
+                    name,
                 )
             )
             continue
@@ -179,6 +180,7 @@ def decide(
                     "workflow.scopes",
                     f"scopes {', '.join(beyond)} for tool '{name}' exceed what workflow "
                     f"'{workflow.name}' grants ({', '.join(sorted(allowed))})",
+                    name,
                 )
             )
         if chain is not None:
@@ -214,6 +216,7 @@ def _narrows(chain: Chain, tool: Tool, scopes: tuple[str, ...], reasons: list[Re
                 "delegation.audience",
                 f"tool '{tool.name}' ({tool.audience}) is outside the audience of the subject "
                 f"token ({chain.audience})",
+                tool.name,
             )
         )
     beyond = sorted(set(scopes) - chain.scopes)
@@ -224,6 +227,7 @@ def _narrows(chain: Chain, tool: Tool, scopes: tuple[str, ...], reasons: list[Re
                 "delegation.scopes",
                 f"scopes for tool '{tool.name}' must be within the subject token's scopes "
                 f"({', '.join(sorted(chain.scopes)) or 'none'})",
+                tool.name,
             )
         )
     return failed

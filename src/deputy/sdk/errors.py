@@ -14,6 +14,7 @@ class DenialReason:
 
     rule: str
     message: str
+    tool: str | None = None  # set when the rule refused one tool (the others may be fine)
 
 
 class SdkError(DeputyError):
@@ -31,6 +32,7 @@ class BrokerRefused(SdkError):
         reasons: Sequence[DenialReason] = (),
         *,
         decision_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         detail = "; ".join(f"{r.rule}: {r.message}" for r in reasons)
         super().__init__(f"{status} {error}: {description}" + (f" ({detail})" if detail else ""))
@@ -39,14 +41,21 @@ class BrokerRefused(SdkError):
         self.description = description
         self.reasons = tuple(reasons)
         self.decision_id = decision_id
+        self.retry_after = retry_after  # seconds, from Retry-After (429)
 
     @classmethod
-    def from_body(cls, status: int, body: object) -> BrokerRefused:
+    def from_body(
+        cls, status: int, body: object, *, retry_after: float | None = None
+    ) -> BrokerRefused:
         """From an RFC 6749 §5.2 error body; a body that is not one still gives an error."""
         doc: Mapping[str, object] = body if isinstance(body, dict) else {}
         raw = doc.get("reasons")
         reasons = [
-            DenialReason(str(r.get("rule", "")), str(r.get("message", "")))
+            DenialReason(
+                str(r.get("rule", "")),
+                str(r.get("message", "")),
+                r["tool"] if isinstance(r.get("tool"), str) else None,
+            )
             for r in (raw if isinstance(raw, list) else [])
             if isinstance(r, dict)
         ]
@@ -62,6 +71,7 @@ class BrokerRefused(SdkError):
             str(doc.get("error_description", "")),
             reasons,
             decision_id=str(doc["decision_id"]) if "decision_id" in doc else None,
+            retry_after=retry_after,
         )
 
 
