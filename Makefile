@@ -33,6 +33,7 @@ test: lint
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/issue_bench.py
+	$(BIN)/python bench/verify_bench.py
 
 clean:
 	rm -rf $(VENV) .deputy-demo .pytest_cache .mypy_cache .ruff_cache

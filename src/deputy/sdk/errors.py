@@ -97,6 +97,7 @@ class CredentialRejected(SdkError):
 
     def __init__(self, error: str, description: str, *, status: int = 401) -> None:
         super().__init__(f"{error}: {description}")
-        self.error = error  # "invalid_token" | "insufficient_scope" | "invalid_request"
+        # "invalid_token" | "insufficient_scope" | "invalid_request" | "temporarily_unavailable"
+        self.error = error
         self.description = description
         self.status = status

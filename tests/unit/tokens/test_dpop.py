@@ -70,7 +70,7 @@ def test_agent_key_signs_proofs_the_broker_accepts(
     assert verifier.verify(proof, method="POST", url=URL).jkt == key.jkt
     header = json.loads(_b64decode(proof.split(".")[0]))
     assert header == {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.public_jwk}
-    assert "d" not in repr(key) and key.jkt in repr(key)
+    assert repr(key) == f"DpopKey(jkt={key.jkt!r})"  # nothing of the private key
     presented = key.proof("GET", "https://crm.internal/accounts", access_token="at.x.y")
     claimed = json.loads(_b64decode(presented.split(".")[1]))
     assert claimed["ath"] == access_token_hash("at.x.y") and claimed["htm"] == "GET"

@@ -1,0 +1,26 @@
+"""Protecting an API with Deputy credentials: verifier, ASGI middleware, logging helper.
+
+The FastAPI dependencies live in :mod:`deputy.sdk.resource.fastapi` (``deputy[fastapi]``);
+nothing here imports a web framework.
+"""
+
+from deputy.sdk.errors import BrokerUnavailable, CredentialRejected
+from deputy.sdk.resource.asgi import DeputyAuthMiddleware
+from deputy.sdk.resource.challenge import Challenges, bearer_token
+from deputy.sdk.resource.credential import VerifiedCredential
+from deputy.sdk.resource.discovery import BrokerMetadata
+from deputy.sdk.resource.logging import DeputyLogFilter, current_credential
+from deputy.sdk.resource.verifier import DeputyVerifier
+
+__all__ = [
+    "BrokerMetadata",
+    "BrokerUnavailable",
+    "Challenges",
+    "CredentialRejected",
+    "DeputyAuthMiddleware",
+    "DeputyLogFilter",
+    "DeputyVerifier",
+    "VerifiedCredential",
+    "bearer_token",
+    "current_credential",
+]

@@ -1,0 +1,161 @@
+"""ASGI middleware: every request to the API carries a valid Deputy credential, or is refused.
+
+Plain ASGI (no web framework needed): wraps any ASGI 3 application (Starlette, FastAPI,
+Django, Quart...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from deputy.sdk.errors import CredentialRejected
+from deputy.sdk.resource.challenge import (
+    PROTECTED_RESOURCE_WELL_KNOWN,
+    Challenges,
+    bearer_token,
+    json_bytes,
+)
+from deputy.sdk.resource.logging import bound_credential
+from deputy.sdk.resource.verifier import DeputyVerifier
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CREDENTIAL_KEY = "deputy.credential"  # scope key of the VerifiedCredential
+CHALLENGES_KEY = "deputy.challenges"  # scope key of the Challenges, for per-route checks
+STATE_KEY = "deputy"  # key in scope["state"] (request.state.deputy in Starlette)
+
+
+class DeputyAuthMiddleware:
+    """Require a Deputy credential (``Authorization: Bearer``) on every request.
+
+    Refusals follow RFC 6750: 401 ``invalid_token`` (or a bare challenge when no credential
+    was sent), 403 ``insufficient_scope`` when ``required_scopes`` are missing, 400
+    ``invalid_request`` for a malformed header; each ``WWW-Authenticate`` names the RFC 9728
+    ``resource_metadata`` URL, and the document is served at its well-known path. 503 when
+    the broker's keys or revocation list are unavailable (fail closed).
+
+    The verified credential is put in ``scope["state"]["deputy"]`` (``request.state.deputy``)
+    and ``scope["deputy.credential"]``, and bound for :class:`~deputy.sdk.resource.logging.
+    DeputyLogFilter` while the request runs. Paths in ``exempt_paths`` (exact match) pass
+    without a credential. On ASGI lifespan startup the verifier is started, and closed at
+    shutdown.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: DeputyVerifier,
+        required_scopes: Iterable[str] = (),
+        exempt_paths: Iterable[str] = (PROTECTED_RESOURCE_WELL_KNOWN,),
+        *,
+        resource: str | None = None,
+        realm: str | None = None,
+        scopes_supported: Iterable[str] | None = None,
+        resource_name: str | None = None,
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.required_scopes = tuple(required_scopes)
+        self.exempt_paths = frozenset(exempt_paths)
+        self.challenges = Challenges(resource or verifier.audience, verifier.issuer, realm)
+        scopes = self.required_scopes if scopes_supported is None else tuple(scopes_supported)
+        self._metadata_path = self.challenges.metadata_path
+        self._metadata = json_bytes(
+            self.challenges.protected_resource_metadata(
+                scopes_supported=scopes, resource_name=resource_name
+            )
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if kind == "http" and path == self._metadata_path:
+            await self._serve_metadata(scope, send)
+            return
+        if path in self.exempt_paths:
+            await self.app({**scope, CHALLENGES_KEY: self.challenges}, receive, send)
+            return
+        try:
+            token = bearer_token(
+                [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"]
+            )
+            if token is None:
+                await self._refuse(kind, None, send)
+                return
+            credential = await self.verifier.verify(token)
+            credential.require_scopes(self.required_scopes)
+        except CredentialRejected as exc:
+            await self._refuse(kind, exc, send)
+            return
+        state = {**scope.get("state", {}), STATE_KEY: credential}
+        inner = {
+            **scope,
+            "state": state,
+            CREDENTIAL_KEY: credential,
+            CHALLENGES_KEY: self.challenges,
+        }
+        with bound_credential(credential):
+            await self.app(inner, receive, send)
+
+    async def _refuse(self, kind: str, error: CredentialRejected | None, send: Send) -> None:
+        if kind == "websocket":
+            # Before accept, a close is answered by the server with HTTP 403.
+            await send({"type": "websocket.close", "code": 1008, "reason": ""})
+            return
+        status, headers, body = self.challenges.refusal(error, self.required_scopes)
+        await _respond(send, status, json_bytes(body), headers)
+
+    async def _serve_metadata(self, scope: Scope, send: Send) -> None:
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            body = json_bytes({"error": "method_not_allowed"})
+            await _respond(send, 405, body, {"Allow": "GET, HEAD"})
+            return
+        await _respond(
+            send,
+            200,
+            self._metadata,
+            {"Cache-Control": "public, max-age=3600"},
+            head=method == "HEAD",
+        )
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the verifier before the app's startup; close it after the app's shutdown."""
+
+        async def receive_and_start() -> Message:
+            message = await receive()
+            if message.get("type") == "lifespan.startup":
+                await self.verifier.start()
+            return message
+
+        async def send_and_close(message: Message) -> None:
+            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.verifier.aclose()
+            await send(message)
+
+        await self.app(scope, receive_and_start, send_and_close)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: dict[str, str], *, head: bool = False
+) -> None:
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+    ]
+    if status >= 400:
+        raw.append((b"cache-control", b"no-store"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": b"" if head else body})
