@@ -79,8 +79,8 @@ def client_safe(value: object, limit: int = 64) -> str:
     return repr(text)
 
 
-def parse_compact(token: str) -> ParsedJwt:
-    """Parse a JWS Compact Serialization (RFC 7515 §7.1) and refuse anything unusual."""
+def split_compact(token: object) -> tuple[str, str, str]:
+    """The three segments of a JWS Compact Serialization (RFC 7515 §7.1), or a refusal."""
     if not isinstance(token, str):
         raise TokenRejected("token is not a string")
     if len(token) > MAX_TOKEN_BYTES:
@@ -97,6 +97,12 @@ def parse_compact(token: str) -> ParsedJwt:
     header_b64, claims_b64, signature_b64 = segments
     if not signature_b64:
         raise TokenRejected("token has no signature")
+    return header_b64, claims_b64, signature_b64
+
+
+def parse_compact(token: str) -> ParsedJwt:
+    """Parse a JWS Compact Serialization (RFC 7515 §7.1) and refuse anything unusual."""
+    header_b64, claims_b64, signature_b64 = split_compact(token)
     header = _decode_object(header_b64, "header")
     alg, kid = _check_header(header)
     claims = _decode_object(claims_b64, "claims")
