@@ -9,10 +9,12 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.integration.deployment import running, write_deployment
+from tests.sdk.mcp_support import LoopbackSocket, McpServerThread
 from tests.sdk.resource.test_guide import ApiServer
 from tests.sdk.resource.test_guide import blocks as api_guide_blocks
 
@@ -25,24 +27,50 @@ def scripts() -> list[str]:
     return [body for info, body in FENCE.findall(text) if info.strip() == "python"]
 
 
+def agent_scripts() -> list[str]:
+    """Every example but the MCP server's module (served by the test instead)."""
+    return [s for s in scripts() if "MCPServer(" not in s]
+
+
+def mcp_server_module() -> str:
+    [server] = [s for s in scripts() if "MCPServer(" in s]
+    return server
+
+
 def test_the_guide_has_runnable_examples() -> None:
-    assert len(scripts()) >= 2
+    assert len(agent_scripts()) >= 3 and mcp_server_module()
 
 
 def test_every_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    d = write_deployment(tmp_path)
+    listening = LoopbackSocket()
+    mcp_url = f"{listening.base_url}/mcp"
+
+    def with_mcp_tool(doc: dict[str, Any]) -> None:
+        doc["tools"]["crm_mcp"] = {
+            "audience": mcp_url,
+            "category": "customer-data",
+            "scopes": ["accounts:read", "accounts:write"],
+        }
+        doc["workflows"]["customer-support"]["tools"]["crm_mcp"] = ["accounts:read"]
+
+    d = write_deployment(tmp_path, with_mcp_tool)
     api_file = tmp_path / "app.py"
     api_file.write_text("\n\n".join(api_guide_blocks("python")), encoding="utf-8")
     with running(d) as (broker, _):
         monkeypatch.setenv("DEPUTY", broker.url)
+        monkeypatch.setenv("MCP_URL", mcp_url)
         api = runpy.run_path(str(api_file), run_name="app")["app"]
-        with ApiServer(api) as crm:
+        server_file = tmp_path / "server.py"
+        server_file.write_text(mcp_server_module(), encoding="utf-8")
+        mcp_server = runpy.run_path(str(server_file), run_name="server")["server"]
+        with ApiServer(api) as crm, McpServerThread(mcp_server, listening):
             env = {
                 **os.environ,
                 "DEPUTY": broker.url,
                 "DEPUTY_WORKLOAD_TOKEN": d.svid("/agents/support/triage"),
                 "ALICE_TOKEN": d.idp.user_token("alice", "pro"),
                 "CRM_URL": crm.url,
+                "MCP_URL": mcp_url,
             }
             results = [
                 subprocess.run(
@@ -53,10 +81,11 @@ def test_every_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                     text=True,
                     timeout=60,
                 )
-                for script in scripts()
+                for script in agent_scripts()
             ]
     for result in results:
         assert result.returncode == 0, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    first, second = (r.stdout for r in results[:2])
+    first, second, third = (r.stdout for r in results)
     assert first.startswith("execution exe_") and "refused: tool 'payments_api'" in first
     assert second.startswith("run exe_") and "Account 42 belongs to alice." in second
+    assert third.startswith("tools ['read_account'] read {") and "'user': 'alice'" in third

@@ -20,6 +20,12 @@ a ``401``. A renewal asks the broker again for that tool alone, on the terms of 
 request (same agent, user, scopes, TTL): it is a **new policy decision**, audited on its
 own and carrying its own ``execution_id`` and ``decision_id``, and policy may refuse it.
 
+With ``dpop=True`` (on the client, or on a call) the credentials are DPoP-bound (RFC 9449)
+to a key made in memory for that execution: ``execution.token_type`` is ``DPoP``,
+``execution.jkt`` the key's thumbprint, and each tool's ``httpx.Auth`` sends
+``Authorization: DPoP`` with a fresh proof per request, adding the nonce an API asks for.
+A credential the broker bound is never sent as a Bearer token.
+
 Refusals raise :class:`PolicyDenied` (with the broker's ``reasons``), :class:`RateLimited`,
 or :class:`BrokerRefused`; a broker that cannot answer now raises
 :class:`BrokerUnavailable` once the bounded retries of :class:`RetryPolicy` are spent; an

@@ -1,4 +1,5 @@
-"""``httpx.Auth`` for one tool: attach its credential, renew it before expiry, retry a 401 once."""
+"""``httpx.Auth`` for one tool: attach its credential (with a DPoP proof when it is bound),
+renew it before expiry, retry a 401 once."""
 
 from __future__ import annotations
 
@@ -6,13 +7,23 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncGenerator, Generator
-from typing import Protocol
+from typing import Literal, Protocol
 
 import httpx
 
 from deputy.clock import Clock, SystemClock
-from deputy.sdk.agent.credentials import Credential, RenewalPolicy
-from deputy.sdk.errors import BrokerUnavailable
+from deputy.sdk.agent._dpop import (
+    DPOP,
+    USE_DPOP_NONCE,
+    NonceMemory,
+    dpop_error,
+    nonce_challenge,
+    server_nonce,
+)
+from deputy.sdk.agent.credentials import BEARER, Credential, RenewalPolicy
+from deputy.sdk.errors import BrokerUnavailable, SdkError
+
+Next = Literal["done", "nonce", "renew"]
 
 _log = logging.getLogger("deputy.sdk.agent")
 
@@ -26,7 +37,14 @@ class Renewer(Protocol):
 
 
 class CredentialAuth(httpx.Auth):
-    """Sends ``Authorization: Bearer <credential>`` for one tool.
+    """Sends ``Authorization: Bearer <credential>`` for one tool — or, for a DPoP-bound
+    credential, ``Authorization: DPoP <credential>`` and a ``DPoP`` proof made for that very
+    request (RFC 9449 §7: its method, its URL without query or fragment, the credential's
+    hash), signed by the credential's key. A bound credential is never sent as Bearer.
+
+    An API may ask for a nonce in proofs (RFC 9449 §9: a ``401`` with a ``DPoP`` challenge
+    ``use_dpop_nonce`` and a ``DPoP-Nonce``): the request is sent again at once with it.
+    The latest nonce each origin sent, with any answer, goes into the next proof to it.
 
     Before each request the credential is renewed if it is due (see :class:`RenewalPolicy`);
     if the API answers ``401``, the credential is renewed and the request sent once more —
@@ -54,6 +72,7 @@ class CredentialAuth(httpx.Auth):
         self._not_before = 0.0  # no renewal attempt before this, after the broker was down
         self._thread_lock = threading.Lock()
         self._async_lock = asyncio.Lock()
+        self._nonces = NonceMemory()
 
     @property
     def tool(self) -> str:
@@ -101,10 +120,53 @@ class CredentialAuth(httpx.Auth):
         )
         return fresh
 
-    @staticmethod
-    def _authorize(request: httpx.Request, credential: Credential) -> httpx.Request:
-        request.headers["Authorization"] = f"Bearer {credential.access_token}"
-        return request
+    def _authorize(self, request: httpx.Request, credential: Credential) -> str | None:
+        """Put ``credential`` on ``request``; the nonce its DPoP proof carries, if any."""
+        token = credential.access_token
+        if credential.dpop_bound:
+            key = credential.dpop_key
+            if key is None:
+                raise SdkError(
+                    f"the {credential.tool} credential is DPoP-bound and its key is missing: "
+                    "it cannot be sent (and is never sent as a Bearer token)"
+                )
+            nonce = self._nonces.get(request.url)
+            request.headers["Authorization"] = f"{DPOP} {token}"
+            request.headers["DPoP"] = key.proof(
+                request.method, str(request.url), access_token=token, nonce=nonce
+            )
+            return nonce
+        if credential.token_type.lower() != BEARER.lower():
+            raise SdkError(
+                f"the {credential.tool} credential has token_type "
+                f"{credential.token_type[:20]!r}: only Bearer and DPoP can be sent"
+            )
+        request.headers["Authorization"] = f"{BEARER} {token}"
+        request.headers.pop("DPoP", None)
+        return None
+
+    def _next(
+        self,
+        request: httpx.Request,
+        credential: Credential,
+        response: httpx.Response,
+        sent: str | None,
+    ) -> Next:
+        """After an answer: send again with a nonce the API asked for, renew after a 401,
+        or be done. Remembers a nonce the API sent."""
+        if credential.dpop_bound:
+            asked = nonce_challenge(response, sent)
+            if asked is not None:
+                self._nonces.remember(request.url, asked)
+                return "nonce"
+            fresh = server_nonce(response)
+            if fresh is not None:
+                self._nonces.remember(request.url, fresh)
+            if dpop_error(response) == USE_DPOP_NONCE:
+                return "done"  # the nonce asked for was the one sent: a new credential won't do
+        if response.status_code != 401 or self._renewer is None:
+            return "done"
+        return "renew"
 
     # Sync path.
 
@@ -135,10 +197,17 @@ class CredentialAuth(httpx.Auth):
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         request.read()
         credential = self.current()
-        response = yield self._authorize(request, credential)
-        if response.status_code != 401 or self._renewer is None:
-            return
-        yield self._authorize(request, self._replace(credential))
+        renewed = with_nonce = False
+        while True:
+            sent = self._authorize(request, credential)
+            response = yield request
+            step = self._next(request, credential, response, sent)
+            if step == "nonce" and not with_nonce:
+                with_nonce = True
+            elif step == "renew" and not renewed:
+                credential, renewed, with_nonce = self._replace(credential), True, False
+            else:
+                return
 
     # Async path.
 
@@ -171,7 +240,14 @@ class CredentialAuth(httpx.Auth):
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         await request.aread()
         credential = await self.acurrent()
-        response = yield self._authorize(request, credential)
-        if response.status_code != 401 or self._renewer is None:
-            return
-        yield self._authorize(request, await self._areplace(credential))
+        renewed = with_nonce = False
+        while True:
+            sent = self._authorize(request, credential)
+            response = yield request
+            step = self._next(request, credential, response, sent)
+            if step == "nonce" and not with_nonce:
+                with_nonce = True
+            elif step == "renew" and not renewed:
+                credential, renewed, with_nonce = await self._areplace(credential), True, False
+            else:
+                return

@@ -7,18 +7,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Literal
 
 import httpx
 
 from deputy.clock import Clock, SystemClock
+from deputy.sdk.agent._dpop import Binding
 from deputy.sdk.agent._wire import (
     ACCESS_TOKEN,
     ID_TOKEN,
     JWT_BEARER,
     Call,
+    Effect,
+    Endpoints,
     ExchangeCall,
     Flow,
     IssueCall,
@@ -26,6 +29,7 @@ from deputy.sdk.agent._wire import (
     Presentation,
     Target,
     call_flow,
+    metadata_flow,
     run_async,
     run_sync,
 )
@@ -34,6 +38,7 @@ from deputy.sdk.agent.errors import BrokerResponseInvalid
 from deputy.sdk.agent.execution import Execution
 from deputy.sdk.agent.retry import RetryPolicy
 from deputy.sdk.agent.token_sources import StaticTokenSource, TokenSource
+from deputy.sdk.dpop import DpopKey
 from deputy.sdk.errors import SdkError
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -55,6 +60,16 @@ def _base_url(url: str, allow_http: bool) -> str:
             "the broker is sent workload and user tokens: use https, or pass allow_http=True "
             "where the network itself is protected (e.g. a mesh with mTLS)"
         )
+    return str(parsed).rstrip("/")
+
+
+def _issuer_url(issuer: str) -> str:
+    """The broker's issuer (its public URL): only named in DPoP proofs, never sent to."""
+    parsed = httpx.URL(issuer)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"issuer must be the broker's absolute http(s) URL, not {issuer!r}")
+    if parsed.query or parsed.fragment:
+        raise ValueError("issuer must not have a query or a fragment")
     return str(parsed).rstrip("/")
 
 
@@ -141,6 +156,8 @@ class _ClientBase:
         workload_proof: WorkloadProof,
         client_assertion_type: str,
         allow_http: bool,
+        dpop: bool,
+        issuer: str | None,
     ) -> None:
         if workload_proof not in ("actor_token", "client_assertion", "both"):
             raise ValueError("workload_proof is actor_token, client_assertion or both")
@@ -159,10 +176,28 @@ class _ClientBase:
             if workload_proof == "actor_token"
             else client_assertion_type,
         )
+        self._dpop = dpop
+        self._endpoints = None if issuer is None else Endpoints.of_issuer(_issuer_url(issuer))
 
     @property
     def url(self) -> str:
         return self._target.url
+
+    @property
+    def dpop(self) -> bool:
+        """Whether executions are DPoP-bound unless a call says otherwise."""
+        return self._dpop
+
+    def _wants_dpop(self, dpop: bool | None) -> bool:
+        return self._dpop if dpop is None else dpop
+
+    def _metadata_flow(self) -> Generator[Effect, object, Endpoints]:
+        return metadata_flow(self._target, self._retry, self._clock)
+
+    @staticmethod
+    def _bound(call: Call, endpoints: Endpoints) -> Call:
+        """``call`` binding its credentials to a key made for this execution alone."""
+        return call.bind(Binding(DpopKey(), endpoints.url(call.path)))
 
     def _issue_call(
         self,
@@ -236,7 +271,7 @@ class _ClientBase:
     def _flow(self, call: Call) -> Flow:
         return call_flow(call, self._target, self._retry, self._clock)
 
-    def _execution(self, issued: Issued, renewer: _CallRenewer) -> Execution:
+    def _execution(self, issued: Issued, call: Call, renewer: _CallRenewer) -> Execution:
         return Execution(
             issued.execution_id,
             issued.decision_id,
@@ -244,6 +279,7 @@ class _ClientBase:
             renewer=renewer,
             clock=self._clock,
             renewal=self._renewal,
+            dpop_key=None if call.binding is None else call.binding.key,
         )
 
     def __repr__(self) -> str:
@@ -262,6 +298,13 @@ class AsyncDeputyClient(_ClientBase):
     ``clock`` times credentials. At the token endpoint the workload token goes as
     ``actor_token`` (default), as a client assertion of ``client_assertion_type`` (use
     ``JWT_SPIFFE`` for a JWT-SVID), or ``both``.
+
+    With ``dpop=True`` (or ``dpop=True`` on a call), each execution's credentials are bound
+    to a key made for that execution alone (RFC 9449): the broker is sent a proof of it,
+    the credentials carry its thumbprint, and :meth:`Execution.auth` sends them with
+    ``Authorization: DPoP`` and a fresh proof per request. A proof names the broker
+    endpoint by its public URL, under the broker's ``issuer``: pass it, or it is read once
+    from the broker's metadata (``/.well-known/oauth-authorization-server``).
 
     Credentials from this client renew themselves in ``httpx.AsyncClient`` requests; use
     :class:`DeputyClient` for ``httpx.Client``.
@@ -282,6 +325,8 @@ class AsyncDeputyClient(_ClientBase):
         workload_proof: WorkloadProof = "actor_token",
         client_assertion_type: str = JWT_BEARER,
         allow_http: bool = False,
+        dpop: bool = False,
+        issuer: str | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -294,6 +339,8 @@ class AsyncDeputyClient(_ClientBase):
             workload_proof=workload_proof,
             client_assertion_type=client_assertion_type,
             allow_http=allow_http,
+            dpop=dpop,
+            issuer=issuer,
         )
         self._http = http or httpx.AsyncClient(timeout=self._target.timeout)
         self._owns_http = http is None
@@ -308,9 +355,11 @@ class AsyncDeputyClient(_ClientBase):
         ttl_seconds: int | None = None,
         agent_id: str | None = None,
         workflow: str | None = None,
+        dpop: bool | None = None,
     ) -> Execution:
         """``POST /issue``: one credential per tool, for the user of ``user_token`` (or
-        ``user_id``, where a workflow lets the agent assert it), valid ``ttl_seconds``."""
+        ``user_id``, where a workflow lets the agent assert it), valid ``ttl_seconds``;
+        bound to a new DPoP key if ``dpop`` (by default, as the client says)."""
         return await self._open(
             self._issue_call(
                 tools,
@@ -319,7 +368,8 @@ class AsyncDeputyClient(_ClientBase):
                 user_id=user_id,
                 ttl_seconds=ttl_seconds,
                 workflow=workflow,
-            )
+            ),
+            dpop,
         )
 
     async def exchange(
@@ -332,6 +382,7 @@ class AsyncDeputyClient(_ClientBase):
         scope: Scope = None,
         workflow: str | None = None,
         requested_token_type: str | None = None,
+        dpop: bool | None = None,
     ) -> Execution:
         """RFC 8693 token exchange: credentials for ``subject_token``'s user (an ID token by
         default, or a Deputy credential with ``ACCESS_TOKEN``), one per tool that a
@@ -345,7 +396,8 @@ class AsyncDeputyClient(_ClientBase):
                 scope=scope,
                 workflow=workflow,
                 requested_token_type=requested_token_type,
-            )
+            ),
+            dpop,
         )
 
     async def delegate(
@@ -356,6 +408,7 @@ class AsyncDeputyClient(_ClientBase):
         audience: Targets = (),
         scope: Scope = None,
         workflow: str | None = None,
+        dpop: bool | None = None,
     ) -> Execution:
         """As a sub-agent, exchange a credential this agent was handed for one of its own
         (same execution, narrower or equal rights). Without a target, a
@@ -363,12 +416,22 @@ class AsyncDeputyClient(_ClientBase):
         return await self._open(
             self._delegate_call(
                 credential, resource=resource, audience=audience, scope=scope, workflow=workflow
-            )
+            ),
+            dpop,
         )
 
-    async def _open(self, call: Call) -> Execution:
+    async def _open(self, call: Call, dpop: bool | None) -> Execution:
+        if self._wants_dpop(dpop):
+            call = self._bound(call, await self._aendpoints())
         issued = await self._arun(call)
-        return self._execution(issued, _CallRenewer(call, self._run_blocking, self._arun))
+        return self._execution(issued, call, _CallRenewer(call, self._run_blocking, self._arun))
+
+    async def _aendpoints(self) -> Endpoints:
+        if self._endpoints is None:
+            self._endpoints = await run_async(
+                self._metadata_flow(), self._http, self._source, self._sleep
+            )
+        return self._endpoints
 
     async def _arun(self, call: Call) -> Issued:
         return await run_async(self._flow(call), self._http, self._source, self._sleep)
@@ -418,6 +481,8 @@ class DeputyClient(_ClientBase):
         workload_proof: WorkloadProof = "actor_token",
         client_assertion_type: str = JWT_BEARER,
         allow_http: bool = False,
+        dpop: bool = False,
+        issuer: str | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -430,6 +495,8 @@ class DeputyClient(_ClientBase):
             workload_proof=workload_proof,
             client_assertion_type=client_assertion_type,
             allow_http=allow_http,
+            dpop=dpop,
+            issuer=issuer,
         )
         self._http = http or httpx.Client(timeout=self._target.timeout)
         self._owns_http = http is None
@@ -444,6 +511,7 @@ class DeputyClient(_ClientBase):
         ttl_seconds: int | None = None,
         agent_id: str | None = None,
         workflow: str | None = None,
+        dpop: bool | None = None,
     ) -> Execution:
         """See :meth:`AsyncDeputyClient.open_execution`."""
         return self._open(
@@ -454,7 +522,8 @@ class DeputyClient(_ClientBase):
                 user_id=user_id,
                 ttl_seconds=ttl_seconds,
                 workflow=workflow,
-            )
+            ),
+            dpop,
         )
 
     def exchange(
@@ -467,6 +536,7 @@ class DeputyClient(_ClientBase):
         scope: Scope = None,
         workflow: str | None = None,
         requested_token_type: str | None = None,
+        dpop: bool | None = None,
     ) -> Execution:
         """See :meth:`AsyncDeputyClient.exchange`."""
         return self._open(
@@ -478,7 +548,8 @@ class DeputyClient(_ClientBase):
                 scope=scope,
                 workflow=workflow,
                 requested_token_type=requested_token_type,
-            )
+            ),
+            dpop,
         )
 
     def delegate(
@@ -489,16 +560,24 @@ class DeputyClient(_ClientBase):
         audience: Targets = (),
         scope: Scope = None,
         workflow: str | None = None,
+        dpop: bool | None = None,
     ) -> Execution:
         """See :meth:`AsyncDeputyClient.delegate`."""
         return self._open(
             self._delegate_call(
                 credential, resource=resource, audience=audience, scope=scope, workflow=workflow
-            )
+            ),
+            dpop,
         )
 
-    def _open(self, call: Call) -> Execution:
-        return self._execution(self._run(call), _CallRenewer(call, self._run, self._arun))
+    def _open(self, call: Call, dpop: bool | None) -> Execution:
+        if self._wants_dpop(dpop):
+            if self._endpoints is None:
+                self._endpoints = run_sync(
+                    self._metadata_flow(), self._http, self._source, self._sleep
+                )
+            call = self._bound(call, self._endpoints)
+        return self._execution(self._run(call), call, _CallRenewer(call, self._run, self._arun))
 
     def _run(self, call: Call) -> Issued:
         return run_sync(self._flow(call), self._http, self._source, self._sleep)

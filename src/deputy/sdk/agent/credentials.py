@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deputy.sdk.dpop import DpopKey
+
+BEARER = "Bearer"
+DPOP = "DPoP"
+
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """One short-lived bearer credential for one tool.
+    """One short-lived credential for one tool.
 
     ``issued_at`` and ``expires_at`` are on the SDK's clock: the moment the answer arrived,
     plus the broker's ``expires_in``. Clock skew between agent and broker therefore never
     makes a credential look fresher than it is. ``access_token`` is left out of ``repr``.
+
+    ``token_type`` is ``Bearer``, or ``DPoP`` for a credential bound to ``dpop_key`` (RFC
+    9449): it is then only ever sent with ``Authorization: DPoP`` and a proof signed by that
+    key, and ``jkt`` is the key's thumbprint (the credential's ``cnf.jkt``).
     """
 
     tool: str
@@ -22,7 +31,18 @@ class Credential:
     expires_at: float
     execution_id: str
     decision_id: str
-    token_type: str = "Bearer"  # noqa: S105 - RFC 6750 token type, not a secret
+    token_type: str = BEARER
+    dpop_key: DpopKey | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def dpop_bound(self) -> bool:
+        """Whether the credential is bound to a key (``token_type`` ``DPoP``)."""
+        return self.token_type.lower() == DPOP.lower()
+
+    @property
+    def jkt(self) -> str | None:
+        """The thumbprint of the key a DPoP-bound credential is bound to; else None."""
+        return self.dpop_key.jkt if self.dpop_bound and self.dpop_key is not None else None
 
     @property
     def scopes(self) -> tuple[str, ...]:

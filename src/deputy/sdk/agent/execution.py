@@ -7,7 +7,8 @@ from types import MappingProxyType
 
 from deputy.clock import Clock, SystemClock
 from deputy.sdk.agent.auth import CredentialAuth, Renewer
-from deputy.sdk.agent.credentials import Credential, RenewalPolicy
+from deputy.sdk.agent.credentials import BEARER, DPOP, Credential, RenewalPolicy
+from deputy.sdk.dpop import DpopKey
 
 
 class Execution:
@@ -16,6 +17,10 @@ class Execution:
     ``credentials`` is what was issued and never changes; :meth:`auth` gives the one
     ``httpx.Auth`` per tool that renews its credential when due (its ``credential`` is the
     one held now).
+
+    A DPoP-bound execution (``token_type`` ``DPoP``) holds the key made for it,
+    ``dpop_key``, which never leaves the process; ``jkt`` is its thumbprint, the ``cnf.jkt``
+    of every credential of the execution (renewed ones included).
     """
 
     __slots__ = (
@@ -23,6 +28,7 @@ class Execution:
         "_clock",
         "_credentials",
         "_decision_id",
+        "_dpop_key",
         "_execution_id",
         "_policy",
         "_renewer",
@@ -37,6 +43,7 @@ class Execution:
         renewer: Renewer | None = None,
         clock: Clock | None = None,
         renewal: RenewalPolicy | None = None,
+        dpop_key: DpopKey | None = None,
     ) -> None:
         self._execution_id = execution_id
         self._decision_id = decision_id
@@ -45,6 +52,7 @@ class Execution:
         self._clock = clock or SystemClock()
         self._policy = renewal or RenewalPolicy()
         self._auths: dict[str, CredentialAuth] = {}
+        self._dpop_key = dpop_key
 
     @property
     def execution_id(self) -> str:
@@ -57,6 +65,20 @@ class Execution:
     @property
     def credentials(self) -> Mapping[str, Credential]:
         return self._credentials
+
+    @property
+    def token_type(self) -> str:
+        """``DPoP`` when the credentials are bound to this execution's key, else ``Bearer``."""
+        return BEARER if self._dpop_key is None else DPOP
+
+    @property
+    def dpop_key(self) -> DpopKey | None:
+        return self._dpop_key
+
+    @property
+    def jkt(self) -> str | None:
+        """The RFC 7638 thumbprint of the key the credentials are bound to, if any."""
+        return None if self._dpop_key is None else self._dpop_key.jkt
 
     @property
     def tools(self) -> tuple[str, ...]:

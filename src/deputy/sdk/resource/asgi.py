@@ -11,11 +11,13 @@ from typing import Any
 
 from deputy.sdk.errors import CredentialRejected
 from deputy.sdk.resource.challenge import (
+    NONCE_HEADER,
     PROTECTED_RESOURCE_WELL_KNOWN,
     Challenges,
-    bearer_token,
     json_bytes,
 )
+from deputy.sdk.resource.credential import VerifiedCredential
+from deputy.sdk.resource.dpop import public_base, request_url
 from deputy.sdk.resource.logging import bound_credential
 from deputy.sdk.resource.verifier import DeputyVerifier
 
@@ -28,16 +30,28 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CREDENTIAL_KEY = "deputy.credential"  # scope key of the VerifiedCredential
 CHALLENGES_KEY = "deputy.challenges"  # scope key of the Challenges, for per-route checks
 STATE_KEY = "deputy"  # key in scope["state"] (request.state.deputy in Starlette)
+_NONCE_NAME = NONCE_HEADER.lower().encode("ascii")
 
 
 class DeputyAuthMiddleware:
-    """Require a Deputy credential (``Authorization: Bearer``) on every request.
+    """Require a Deputy credential (``Authorization: Bearer``, or ``Authorization: DPoP``
+    with a ``DPoP`` proof for a DPoP-bound one) on every request.
 
     Refusals follow RFC 6750: 401 ``invalid_token`` (or a bare challenge when no credential
     was sent), 403 ``insufficient_scope`` when ``required_scopes`` are missing, 400
     ``invalid_request`` for a malformed header; each ``WWW-Authenticate`` names the RFC 9728
     ``resource_metadata`` URL, and the document is served at its well-known path. 503 when
     the broker's keys or revocation list are unavailable (fail closed).
+
+    DPoP (RFC 9449): a request presenting a DPoP-bound credential is refused with a
+    ``DPoP`` challenge (with ``algs``, §7.1): 401 ``invalid_dpop_proof`` for a missing,
+    repeated or invalid proof (wrong method or URL, replayed, stale, another key, a wrong
+    ``ath``...), 401 ``use_dpop_nonce`` with a ``DPoP-Nonce`` when the verifier requires
+    nonces and the proof lacks a current one, 401 ``invalid_token`` for a bound credential
+    sent as Bearer or an unbound one sent as DPoP, 403 ``insufficient_scope``. When nonces
+    are required, every answer to a DPoP request carries the current one. A proof must name
+    the request's URL: rebuilt from the request (scheme, ``Host``, path as sent), or
+    ``public_url`` plus the path within the app when a proxy in front changes them.
 
     The verified credential is put in ``scope["state"]["deputy"]`` (``request.state.deputy``)
     and ``scope["deputy.credential"]``, and bound for :class:`~deputy.sdk.resource.logging.
@@ -57,12 +71,19 @@ class DeputyAuthMiddleware:
         realm: str | None = None,
         scopes_supported: Iterable[str] | None = None,
         resource_name: str | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.app = app
         self.verifier = verifier
         self.required_scopes = tuple(required_scopes)
         self.exempt_paths = frozenset(exempt_paths)
-        self.challenges = Challenges(resource or verifier.audience, verifier.issuer, realm)
+        self.public_url = None if public_url is None else public_base(public_url)
+        self.challenges = Challenges(
+            resource or verifier.audience,
+            verifier.issuer,
+            realm,
+            dpop_algorithms=verifier.dpop_algorithms,
+        )
         scopes = self.required_scopes if scopes_supported is None else tuple(scopes_supported)
         self._metadata_path = self.challenges.metadata_path
         self._metadata = json_bytes(
@@ -86,17 +107,28 @@ class DeputyAuthMiddleware:
         if path in self.exempt_paths:
             await self.app({**scope, CHALLENGES_KEY: self.challenges}, receive, send)
             return
+        authorization: list[str] = []
+        proofs: list[str] = []
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                authorization.append(value.decode("latin-1"))
+            elif name == b"dpop":
+                proofs.append(value.decode("latin-1"))
+        credential: VerifiedCredential | None = None
         try:
-            token = bearer_token(
-                [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"]
+            credential = await self.verifier.verify_request(
+                scope.get("method", "GET"),
+                request_url(scope, self.public_url),
+                authorization,
+                proofs,
             )
-            if token is None:
+            if credential is None:
                 await self._refuse(kind, None, send)
                 return
-            credential = await self.verifier.verify(token)
             credential.require_scopes(self.required_scopes)
         except CredentialRejected as exc:
-            await self._refuse(kind, exc, send)
+            bound = credential is not None and credential.jkt is not None
+            await self._refuse(kind, exc, self._with_nonce(send, proofs), dpop=bound)
             return
         state = {**scope.get("state", {}), STATE_KEY: credential}
         inner = {
@@ -106,14 +138,34 @@ class DeputyAuthMiddleware:
             CHALLENGES_KEY: self.challenges,
         }
         with bound_credential(credential):
-            await self.app(inner, receive, send)
+            await self.app(inner, receive, self._with_nonce(send, proofs))
 
-    async def _refuse(self, kind: str, error: CredentialRejected | None, send: Send) -> None:
+    def _with_nonce(self, send: Send, proofs: list[str]) -> Send:
+        """``send``, adding the current ``DPoP-Nonce`` to the answer to a DPoP request when
+        nonces are required (RFC 9449 §8.2: a new nonce may come with any answer)."""
+        if not proofs or not self.verifier.requires_dpop_nonce:
+            return send
+        verifier = self.verifier
+
+        async def send_with_nonce(message: Message) -> None:
+            if message.get("type") == "http.response.start":
+                nonce = verifier.dpop_nonce()
+                headers = list(message.get("headers", ()))
+                if nonce is not None and not any(k.lower() == _NONCE_NAME for k, _ in headers):
+                    headers.append((_NONCE_NAME, nonce.encode("ascii")))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        return send_with_nonce
+
+    async def _refuse(
+        self, kind: str, error: CredentialRejected | None, send: Send, *, dpop: bool = False
+    ) -> None:
         if kind == "websocket":
             # Before accept, a close is answered by the server with HTTP 403.
             await send({"type": "websocket.close", "code": 1008, "reason": ""})
             return
-        status, headers, body = self.challenges.refusal(error, self.required_scopes)
+        status, headers, body = self.challenges.refusal(error, self.required_scopes, dpop=dpop)
         await _respond(send, status, json_bytes(body), headers)
 
     async def _serve_metadata(self, scope: Scope, send: Send) -> None:

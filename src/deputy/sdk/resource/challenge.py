@@ -1,4 +1,5 @@
-"""The HTTP side of a protected API: RFC 6750 bearer parsing and challenges, RFC 9728 metadata.
+"""The HTTP side of a protected API: RFC 6750 bearer and RFC 9449 DPoP credentials and
+challenges, RFC 9728 metadata.
 
 Shared by the ASGI middleware and the FastAPI dependency, and usable from any framework.
 """
@@ -13,10 +14,15 @@ from typing import Any
 
 import httpx
 
+from deputy.identity.jose import ALLOWED_ASYMMETRIC_ALGS
 from deputy.sdk.errors import CredentialRejected
+from deputy.sdk.resource.dpop import DpopRejected
 
 PROTECTED_RESOURCE_WELL_KNOWN = "/.well-known/oauth-protected-resource"
 RETRY_AFTER_SECONDS = 5
+BEARER = "Bearer"
+DPOP = "DPoP"
+NONCE_HEADER = "DPoP-Nonce"
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -49,6 +55,36 @@ def bearer_token(authorization: Sequence[str]) -> str | None:
     return token
 
 
+def presented_credential(authorization: Sequence[str]) -> tuple[str, str] | None:
+    """The scheme (``Bearer`` or ``DPoP``) and token of the request's ``Authorization``
+    header (RFC 6750 §2.1, RFC 9449 §7.1); None without one, or for another scheme.
+
+    Several Authorization headers, or a credential that is empty or not a b64token, is
+    ``invalid_request`` (400), with a DPoP challenge when the scheme is DPoP.
+    """
+    if not authorization:
+        return None
+    if len(authorization) > 1:
+        raise CredentialRejected(
+            "invalid_request", "the request has more than one Authorization header", status=400
+        )
+    scheme, _, credentials = authorization[0].strip().partition(" ")
+    if scheme.lower() == BEARER.lower():
+        return BEARER, _token(credentials, BEARER, CredentialRejected)
+    if scheme.lower() == DPOP.lower():
+        return DPOP, _token(credentials, DPOP, DpopRejected)
+    return None
+
+
+def _token(credentials: str, scheme: str, error: type[CredentialRejected]) -> str:
+    token = credentials.strip()
+    if not token:
+        raise error("invalid_request", f"the {scheme} credential is empty", status=400)
+    if not _B64TOKEN.fullmatch(token):
+        raise error("invalid_request", f"the {scheme} credential is malformed", status=400)
+    return token
+
+
 def _quoted(value: str) -> str:
     return '"' + _UNQUOTABLE.sub("?", value) + '"'
 
@@ -65,12 +101,15 @@ class Challenges:
     """What a protected API answers when it refuses a request, and its RFC 9728 document.
 
     ``resource`` is the API's resource identifier (RFC 9728 §1.2: an https URL), by default
-    the audience its credentials are minted for; ``issuer`` the broker that mints them.
+    the audience its credentials are minted for; ``issuer`` the broker that mints them;
+    ``dpop_algorithms`` the algorithms DPoP proofs may be signed with (the ``algs`` of a
+    ``DPoP`` challenge, RFC 9449 §7.1).
     """
 
     resource: str
     issuer: str
     realm: str | None = None
+    dpop_algorithms: tuple[str, ...] = tuple(sorted(ALLOWED_ASYMMETRIC_ALGS))
 
     def __post_init__(self) -> None:
         url = httpx.URL(self.resource)
@@ -89,8 +128,11 @@ class Challenges:
         """Where this API serves its RFC 9728 document."""
         return httpx.URL(self.metadata_url).path
 
-    def www_authenticate(self, error: CredentialRejected | None = None, scope: str = "") -> str:
-        """The ``WWW-Authenticate`` value (RFC 6750 §3; RFC 9728 §5.1 ``resource_metadata``).
+    def www_authenticate(
+        self, error: CredentialRejected | None = None, scope: str = "", *, scheme: str = BEARER
+    ) -> str:
+        """The ``WWW-Authenticate`` value (RFC 6750 §3; RFC 9728 §5.1 ``resource_metadata``),
+        of ``scheme`` ``Bearer`` or ``DPoP`` (RFC 9449 §7.1: with ``algs``).
 
         Without an error (no credential presented), the challenge names no error code.
         """
@@ -102,13 +144,24 @@ class Challenges:
             params.append(f"error_description={_quoted(error.description)}")
             if scope:
                 params.append(f"scope={_quoted(scope)}")
+        if scheme == DPOP:
+            params.append(f"algs={_quoted(' '.join(self.dpop_algorithms))}")
         params.append(f"resource_metadata={_quoted(self.metadata_url)}")
-        return "Bearer " + ", ".join(params)
+        return f"{scheme} " + ", ".join(params)
 
     def refusal(
-        self, error: CredentialRejected | None, required_scopes: Iterable[str] = ()
+        self,
+        error: CredentialRejected | None,
+        required_scopes: Iterable[str] = (),
+        *,
+        dpop: bool = False,
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
-        """Status, headers and JSON body for a refused request (``None``: no credential)."""
+        """Status, headers and JSON body for a refused request (``None``: no credential).
+
+        The challenge is ``DPoP`` for a :class:`DpopRejected` error, or with ``dpop`` (the
+        request presented a DPoP-bound credential), else ``Bearer``; a ``use_dpop_nonce``
+        refusal carries the nonce to use in ``DPoP-Nonce`` (RFC 9449 §9).
+        """
         if error is None:
             body = {"error_description": "this API requires a Deputy credential (Bearer)"}
             return 401, {"WWW-Authenticate": self.www_authenticate()}, body
@@ -116,7 +169,11 @@ class Challenges:
         if error.status == 503:
             return 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}, body
         scope = " ".join(required_scopes) if error.error == "insufficient_scope" else ""
-        return error.status, {"WWW-Authenticate": self.www_authenticate(error, scope)}, body
+        scheme = DPOP if dpop or isinstance(error, DpopRejected) else BEARER
+        headers = {"WWW-Authenticate": self.www_authenticate(error, scope, scheme=scheme)}
+        if isinstance(error, DpopRejected) and error.nonce is not None:
+            headers[NONCE_HEADER] = error.nonce
+        return error.status, headers, body
 
     def protected_resource_metadata(
         self,

@@ -15,7 +15,8 @@ class VerifiedCredential:
 
     ``actors`` are the agents, newest first: the RFC 8693 ``act`` chain, or only the agent
     when the credential has no ``act`` (an agent acting as itself). ``claims`` holds every
-    signed claim and is left out of ``repr``.
+    signed claim and is left out of ``repr``. ``jkt`` is set for a DPoP-bound credential,
+    which was verified with a proof of its key.
     """
 
     user: str  # sub: the user the agents act for
@@ -31,6 +32,14 @@ class VerifiedCredential:
     delegation: str | None
     decision_id: str | None
     claims: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def jkt(self) -> str | None:
+        """The thumbprint of the key a DPoP-bound credential is bound to (``cnf.jkt``, RFC
+        9449 §6): the key whose proof must come with each use. None for a bearer one."""
+        cnf = self.claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
+        return jkt if isinstance(jkt, str) else None
 
     def missing_scopes(self, required: Iterable[str]) -> tuple[str, ...]:
         """The scopes of ``required`` this credential does not carry, in their order."""

@@ -12,8 +12,9 @@ from fastapi import HTTPException, Request
 
 from deputy.sdk.errors import CredentialRejected
 from deputy.sdk.resource.asgi import CHALLENGES_KEY, CREDENTIAL_KEY
-from deputy.sdk.resource.challenge import Challenges, bearer_token
+from deputy.sdk.resource.challenge import Challenges
 from deputy.sdk.resource.credential import VerifiedCredential
+from deputy.sdk.resource.dpop import public_base, request_url
 from deputy.sdk.resource.logging import bind_credential
 from deputy.sdk.resource.verifier import DeputyVerifier
 
@@ -27,17 +28,31 @@ class DeputyResource:
     ``require_scope(*scopes)`` one that also requires every scope (403
     ``insufficient_scope`` otherwise). When :class:`~deputy.sdk.resource.asgi.
     DeputyAuthMiddleware` already verified the request, its credential is used; otherwise
-    the ``Authorization: Bearer`` header is verified here. Refusals are ``HTTPException``s
-    with the RFC 6750 ``WWW-Authenticate`` challenge (naming the RFC 9728 metadata URL).
+    the ``Authorization`` header is verified here: ``Bearer``, or ``DPoP`` with the request's
+    ``DPoP`` proof for a DPoP-bound credential (see :meth:`DeputyVerifier.verify_request`;
+    the proof names the request's URL, or ``public_url`` plus the path within the app).
+    Refusals are ``HTTPException``s with the RFC 6750 ``WWW-Authenticate`` challenge, or the
+    RFC 9449 ``DPoP`` one for DPoP requests (naming the RFC 9728 metadata URL).
 
     ``lifespan`` starts and stops the verifier: ``FastAPI(lifespan=deputy.lifespan)``.
     """
 
     def __init__(
-        self, verifier: DeputyVerifier, *, resource: str | None = None, realm: str | None = None
+        self,
+        verifier: DeputyVerifier,
+        *,
+        resource: str | None = None,
+        realm: str | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.verifier = verifier
-        self.challenges = Challenges(resource or verifier.audience, verifier.issuer, realm)
+        self.public_url = None if public_url is None else public_base(public_url)
+        self.challenges = Challenges(
+            resource or verifier.audience,
+            verifier.issuer,
+            realm,
+            dpop_algorithms=verifier.dpop_algorithms,
+        )
 
     async def credential(self, request: Request) -> VerifiedCredential:
         """Dependency: the request's verified credential (any scope)."""
@@ -54,18 +69,23 @@ class DeputyResource:
 
     async def _authenticate(self, request: Request, scopes: tuple[str, ...]) -> VerifiedCredential:
         stored = request.scope.get(CREDENTIAL_KEY)
+        credential: VerifiedCredential | None = None
         try:
             if isinstance(stored, VerifiedCredential):
                 credential = stored
             else:
-                token = bearer_token(request.headers.getlist("authorization"))
-                if token is None:
+                credential = await self.verifier.verify_request(
+                    request.method,
+                    request_url(request.scope, self.public_url),
+                    request.headers.getlist("authorization"),
+                    request.headers.getlist("dpop"),
+                )
+                if credential is None:
                     raise _refusal(self.challenges, None, scopes)
-                credential = await self.verifier.verify(token)
                 bind_credential(credential)
             credential.require_scopes(scopes)
         except CredentialRejected as exc:
-            raise _refusal(self.challenges, exc, scopes) from None
+            raise _refusal(self.challenges, exc, scopes, _bound(credential)) from None
         return credential
 
     @asynccontextmanager
@@ -97,14 +117,21 @@ def require_scope(*scopes: str) -> Dependency:
         try:
             credential.require_scopes(required)
         except CredentialRejected as exc:
-            raise _refusal(challenges, exc, required) from None
+            raise _refusal(challenges, exc, required, _bound(credential)) from None
         return credential
 
     return credential_with_scope
 
 
+def _bound(credential: VerifiedCredential | None) -> bool:
+    return credential is not None and credential.jkt is not None
+
+
 def _refusal(
-    challenges: Challenges, error: CredentialRejected | None, scopes: Iterable[str]
+    challenges: Challenges,
+    error: CredentialRejected | None,
+    scopes: Iterable[str],
+    dpop: bool = False,
 ) -> HTTPException:
-    status, headers, body = challenges.refusal(error, scopes)
+    status, headers, body = challenges.refusal(error, scopes, dpop=dpop)
     return HTTPException(status_code=status, detail=body, headers=headers)

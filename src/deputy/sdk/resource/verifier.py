@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -21,15 +21,20 @@ from deputy.identity.jose import (
     check_subject,
     check_time,
     client_safe,
+    parse_compact,
     verify_signature,
 )
 from deputy.identity.jwks import JwksCache, UrlKeySource
 from deputy.identity.key_set import KeySet
+from deputy.identity.replay import ReplayCache
 from deputy.sdk.errors import BrokerUnavailable, CredentialRejected
 from deputy.sdk.resource._compact import HeaderCache, parse
+from deputy.sdk.resource.challenge import BEARER, presented_credential
 from deputy.sdk.resource.credential import VerifiedCredential
 from deputy.sdk.resource.discovery import BrokerMetadata, Locator, allowed_algorithms, discover
+from deputy.sdk.resource.dpop import DpopNonces, DpopRejected
 from deputy.sdk.resource.feed import RevocationFeed
+from deputy.tokens.dpop import DpopVerifier
 from deputy.tokens.verify import MAX_ACT_DEPTH, act_chain
 
 DEFAULT_REFRESH_INTERVAL = 5.0
@@ -38,6 +43,7 @@ DEFAULT_CACHE_SIZE = 10_000
 HTTP_TIMEOUT_SECONDS = 5.0
 FETCH_DEADLINE_SECONDS = 10.0
 KEY_REFETCH_INTERVAL = 30.0  # at most one JWKS fetch per 30 s, however many unknown kids
+DEFAULT_DPOP_REPLAY_SIZE = 100_000  # DPoP proof ids remembered (each for about 90 s)
 
 # RFC 9068 §2.2: the claims every access token carries.
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "client_id")
@@ -82,6 +88,15 @@ class DeputyVerifier:
     A feed update replaces the revocation list whole; a remembered token is checked against
     each new list at its first use, and keeps that answer while the list stays the same.
     Use one verifier per API audience, from the event loop that serves the API.
+
+    DPoP (RFC 9449): a credential bound to a key (``cnf.jkt``) is accepted only with
+    ``Authorization: DPoP`` and one proof of that key made for the request
+    (:meth:`verify_request`); :meth:`verify`, which takes a token presented as Bearer,
+    refuses it. Proofs may be signed with ``dpop_algorithms`` (every asymmetric algorithm by
+    default); their ids are remembered to refuse a replay, at most ``dpop_replay_size`` of
+    them (when full, new proofs are refused rather than old ids forgotten). With
+    ``require_dpop_nonce``, proofs must carry a nonce this API handed out (RFC 9449 §9; see
+    :class:`DpopNonces`, keyed by ``dpop_nonce_secret``, which replicas share).
     """
 
     def __init__(
@@ -96,6 +111,10 @@ class DeputyVerifier:
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         max_staleness: float = DEFAULT_MAX_STALENESS,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        dpop_algorithms: Iterable[str] | None = None,
+        dpop_replay_size: int = DEFAULT_DPOP_REPLAY_SIZE,
+        require_dpop_nonce: bool = False,
+        dpop_nonce_secret: bytes | None = None,
     ) -> None:
         if not issuer or issuer.endswith("/"):
             raise ValueError("issuer must be the broker's issuer URL, without a trailing slash")
@@ -105,6 +124,8 @@ class DeputyVerifier:
             raise ValueError("refresh_interval must be positive and at most max_staleness")
         if cache_size < 0:
             raise ValueError("cache_size must not be negative")
+        if dpop_nonce_secret is not None and not require_dpop_nonce:
+            raise ValueError("dpop_nonce_secret is only used with require_dpop_nonce=True")
         self._issuer = issuer
         self._audience = audience
         self._locator = Locator(issuer, base_url)
@@ -129,6 +150,17 @@ class DeputyVerifier:
         self._attempted_at = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._dpop_algorithms = allowed_algorithms(dpop_algorithms)
+        self._dpop = DpopVerifier(
+            self._clock,
+            ReplayCache(self._clock, dpop_replay_size),
+            algorithms=self._dpop_algorithms,
+        )
+        self._nonces = (
+            DpopNonces(self._clock, secret=dpop_nonce_secret, context=audience)
+            if require_dpop_nonce
+            else None
+        )
 
     @property
     def issuer(self) -> str:
@@ -144,17 +176,126 @@ class DeputyVerifier:
         return self._metadata
 
     @property
+    def dpop_algorithms(self) -> tuple[str, ...]:
+        """The algorithms DPoP proofs may be signed with, sorted."""
+        return tuple(sorted(self._dpop_algorithms))
+
+    @property
+    def requires_dpop_nonce(self) -> bool:
+        return self._nonces is not None
+
+    def dpop_nonce(self) -> str | None:
+        """The nonce to hand out now (``DPoP-Nonce``), when proofs must carry one."""
+        return None if self._nonces is None else self._nonces.current()
+
+    @property
     def revocations_confirmed_at(self) -> float:
         """When the broker last confirmed the revocation list (-inf: never)."""
         return self._feed.fetched_at
 
+    async def verify_request(
+        self,
+        method: str,
+        url: str,
+        authorization: Sequence[str],
+        dpop: Sequence[str] = (),
+    ) -> VerifiedCredential | None:
+        """The credential a request presents, verified; None when it presents none.
+
+        ``authorization`` and ``dpop`` are every ``Authorization`` and ``DPoP`` header of
+        the request; ``method`` and ``url`` are the request's, as the agent sent it (the
+        URL's query is ignored). A ``Bearer`` credential is checked by :meth:`verify`, a
+        ``DPoP`` one by :meth:`verify_dpop`; a DPoP proof with a Bearer credential is
+        ``invalid_request`` (400). Refusals are :class:`CredentialRejected`, and
+        :class:`DpopRejected` where the answer's challenge is to be ``DPoP``.
+        """
+        presented = presented_credential(authorization)
+        if presented is None:
+            return None
+        scheme, token = presented
+        if scheme == BEARER:
+            if dpop:
+                raise CredentialRejected(
+                    "invalid_request",
+                    "a DPoP proof goes with Authorization: DPoP, not Bearer",
+                    status=400,
+                )
+            return await self.verify(token)
+        return await self.verify_dpop(token, dpop, method=method, url=url)
+
     async def verify(self, token: str) -> VerifiedCredential:
-        """The verified credential, or :class:`CredentialRejected`.
+        """The verified credential presented as a Bearer token, or :class:`CredentialRejected`.
 
         ``invalid_token`` (401) for anything but a valid, unrevoked credential for this
-        audience; ``temporarily_unavailable`` (503) while the broker's keys or revocation
-        list are unavailable.
+        audience, and for a DPoP-bound one (RFC 9449 §7.2: never accepted as a bearer
+        token; a :class:`DpopRejected`); ``temporarily_unavailable`` (503) while the
+        broker's keys or revocation list are unavailable.
         """
+        credential = await self._verified(token)
+        if credential.jkt is not None:
+            raise DpopRejected(
+                "invalid_token",
+                "the credential is DPoP-bound: present it with Authorization: DPoP "
+                "and a DPoP proof",
+            )
+        return credential
+
+    async def verify_dpop(
+        self, token: str, proofs: Sequence[str], *, method: str, url: str
+    ) -> VerifiedCredential:
+        """The verified credential presented as ``Authorization: DPoP <token>`` with the
+        ``proofs`` (every ``DPoP`` header) of a ``method`` request to ``url``.
+
+        Every refusal is a :class:`DpopRejected`: the credential's own (as :meth:`verify`),
+        ``invalid_token`` for a credential not bound to a key, ``invalid_dpop_proof`` unless
+        there is exactly one proof that keeps every rule of RFC 9449 §4.3 for this request
+        (``htm``, ``htu``, ``iat``, a ``jti`` not seen before...) with the ``ath`` of
+        ``token`` and the key of its ``cnf.jkt`` (§7.1); ``use_dpop_nonce`` (with the nonce
+        to use) when nonces are required and the proof lacks a current one.
+        """
+        try:
+            credential = await self._verified(token)
+        except CredentialRejected as exc:
+            raise DpopRejected.of(exc) from None
+        if credential.jkt is None:
+            raise DpopRejected(
+                "invalid_token", "the credential is not DPoP-bound: present it as a Bearer token"
+            )
+        if len(proofs) != 1:
+            raise DpopRejected("invalid_dpop_proof", "send exactly one DPoP header")
+        proof = proofs[0]
+        nonce = self._fresh_nonce(proof)
+        try:
+            checked = self._dpop.verify(
+                proof, method=method, url=url, access_token=token, nonce=nonce
+            )
+        except TokenRejected as exc:
+            raise DpopRejected("invalid_dpop_proof", exc.reason) from None
+        if checked.jkt != credential.jkt:
+            raise DpopRejected(
+                "invalid_dpop_proof",
+                "the proof is not signed by the key the credential is bound to",
+            )
+        if self._nonces is not None and nonce is None:
+            raise DpopRejected(
+                "use_dpop_nonce",
+                "the DPoP proof must carry the nonce this API sent",
+                nonce=self._nonces.current(),
+            )
+        return credential
+
+    def _fresh_nonce(self, proof: str) -> str | None:
+        """The proof's nonce when nonces are required and it is a current one; else None."""
+        if self._nonces is None:
+            return None
+        try:
+            nonce = parse_compact(proof).claims.get("nonce")
+        except TokenRejected as exc:
+            raise DpopRejected("invalid_dpop_proof", exc.reason) from None
+        return nonce if isinstance(nonce, str) and self._nonces.valid(nonce) else None
+
+    async def _verified(self, token: str) -> VerifiedCredential:
+        """The verified credential, however it is to be presented."""
         now = self._clock.now()
         feed = self._feed
         if now - feed.fetched_at >= self._refresh_interval:
@@ -226,6 +367,7 @@ class DeputyVerifier:
         agent = _required_text(claims, "client_id")
         jti = _required_text(claims, "jti")
         user = check_subject(claims)
+        _check_confirmation(claims.get("cnf"))
         chain = act_chain(claims)
         lineage = _ancestors(claims.get("delegated_from"))
         facts = CredentialFacts(
@@ -385,6 +527,18 @@ def _check_type(header: Mapping[str, Any]) -> None:
     typ = header.get("typ")
     if not isinstance(typ, str) or typ.lower().removeprefix("application/") != _ACCESS_TOKEN_TYPE:
         raise TokenRejected("token type must be at+jwt")
+
+
+def _check_confirmation(cnf: object) -> None:
+    """RFC 7800 ``cnf``: Deputy binds a credential to a DPoP key only (RFC 9449 §6.1); a
+    binding this verifier cannot check is refused, never ignored."""
+    if cnf is None:
+        return
+    if not isinstance(cnf, dict) or set(cnf) != {"jkt"}:
+        raise TokenRejected("cnf must hold exactly a jkt")
+    jkt = cnf["jkt"]
+    if not isinstance(jkt, str) or not jkt:
+        raise TokenRejected("cnf.jkt is not a non-empty string")
 
 
 def _required_text(claims: Mapping[str, Any], name: str) -> str:
