@@ -38,7 +38,7 @@ def mcp_server_module() -> str:
 
 
 def test_the_guide_has_runnable_examples() -> None:
-    assert len(agent_scripts()) >= 3 and mcp_server_module()
+    assert len(agent_scripts()) == 4 and mcp_server_module()
 
 
 def test_every_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +85,8 @@ def test_every_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
             ]
     for result in results:
         assert result.returncode == 0, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    first, second, third = (r.stdout for r in results)
-    assert first.startswith("execution exe_") and "refused: tool 'payments_api'" in first
-    assert second.startswith("run exe_") and "Account 42 belongs to alice." in second
-    assert third.startswith("tools ['read_account'] read {") and "'user': 'alice'" in third
+    sdk, dpop, langchain, mcp = (r.stdout for r in results)
+    assert sdk.startswith("execution exe_") and "refused: tool 'payments_api'" in sdk
+    assert dpop.startswith("bound to ")
+    assert langchain.startswith("run exe_") and "Account 42 belongs to alice." in langchain
+    assert mcp.startswith("tools ['read_account'] read {") and "'user': 'alice'" in mcp
