@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from deputy.devtools.served import LoopbackServer
 from tests.integration.deployment import running, write_deployment
-from tests.sdk.mcp_support import LoopbackSocket, McpServerThread
-from tests.sdk.resource.test_guide import ApiServer
+from tests.sdk.mcp_support import LoopbackSocket, serve_mcp
 from tests.sdk.resource.test_guide import blocks as api_guide_blocks
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "agents.md"
@@ -63,7 +63,7 @@ def test_every_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         server_file = tmp_path / "server.py"
         server_file.write_text(mcp_server_module(), encoding="utf-8")
         mcp_server = runpy.run_path(str(server_file), run_name="server")["server"]
-        with ApiServer(api) as crm, McpServerThread(mcp_server, listening):
+        with LoopbackServer(api, name="crm-api") as crm, serve_mcp(mcp_server, listening):
             env = {
                 **os.environ,
                 "DEPUTY": broker.url,

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import httpx2
-import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 
+from deputy.devtools.served import LoopbackServer, base_url, listening_socket
 from deputy.sdk.mcp import DeputyTokenVerifier, mcp_auth_settings, require_scopes
 from deputy.sdk.resource import current_credential as logged_credential
 
 TOOL_SCOPES = {"read_account": ["accounts:read"], "update_account": ["accounts:write"]}
+
+
+def serve_mcp(server: MCPServer[Any], listening: LoopbackSocket) -> LoopbackServer:
+    """The server's streamable HTTP app under uvicorn, in a thread, on ``listening``."""
+    return LoopbackServer(
+        server.streamable_http_app(),
+        sock=listening.sock,
+        name="mcp-server",
+        timeout_graceful_shutdown=5,
+    )
 
 
 class LoopbackSocket:
@@ -31,10 +37,8 @@ class LoopbackSocket:
     """
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.sock = listening_socket()
+        self.base_url = base_url(self.sock)
 
 
 @dataclass
@@ -83,38 +87,6 @@ def crm_server(deputy: DeputyTokenVerifier, issuer: str, url: str, calls: Calls)
         return f"{account_id} is closed"
 
     return server
-
-
-class McpServerThread:
-    """The server's streamable HTTP app under uvicorn, in a thread, on ``listening``."""
-
-    def __init__(self, server: MCPServer[Any], listening: LoopbackSocket) -> None:
-        self._sock = listening.sock
-        config = uvicorn.Config(
-            server.streamable_http_app(),
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, name="mcp-server", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.run(self._server.serve(sockets=[self._sock]))
-
-    def __enter__(self) -> McpServerThread:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
 
 
 @asynccontextmanager

@@ -36,9 +36,9 @@ from tests.sdk.mcp_support import (
     TOOL_SCOPES,
     Calls,
     LoopbackSocket,
-    McpServerThread,
     crm_server,
     mcp_client,
+    serve_mcp,
 )
 
 MCP_TOOL = "crm_mcp"
@@ -86,7 +86,7 @@ def calls(broker: Broker, listening: LoopbackSocket, mcp_url: str) -> Iterator[C
         DeputyVerifier(ISSUER, mcp_url, base_url=server.url), tool_scopes=TOOL_SCOPES
     )
     seen = Calls()
-    with McpServerThread(crm_server(deputy, ISSUER, mcp_url, seen), listening):
+    with serve_mcp(crm_server(deputy, ISSUER, mcp_url, seen), listening):
         yield seen
 
 

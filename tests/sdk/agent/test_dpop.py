@@ -4,23 +4,19 @@ made for the very request; then the SDK's side alone, against scripted servers."
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 import jwt as pyjwt
 import pytest
-import uvicorn
 
 from deputy.audit.log import AuditFilter
 from deputy.clock import FakeClock
 from deputy.devtools.broker_thread import BrokerThread
+from deputy.devtools.served import LoopbackServer
 from deputy.sdk.agent import (
     BrokerRefused,
     BrokerResponseInvalid,
@@ -74,37 +70,6 @@ class WhoApp:
         await send({"type": "http.response.body", "body": body})
 
 
-class ServedApi:
-    """An ASGI app under uvicorn on 127.0.0.1, in a thread. The socket listens before the
-    server starts, so an early request waits in the backlog: no polling for readiness."""
-
-    def __init__(self, app: Any) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, name="crm-api", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.run(self._server.serve(sockets=[self._sock]))
-
-    def __enter__(self) -> ServedApi:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
-
-
 def crm_api(broker_url: str, **options: Any) -> DeputyAuthMiddleware:
     verifier = DeputyVerifier(ISSUER, CRM, base_url=broker_url, **options)
     return DeputyAuthMiddleware(WhoApp(), verifier, required_scopes=["accounts:read"])
@@ -114,14 +79,14 @@ def crm_api(broker_url: str, **options: Any) -> DeputyAuthMiddleware:
 def crm(broker: Broker) -> Iterator[str]:
     """The CRM's base URL."""
     server, _ = broker
-    with ServedApi(crm_api(server.url)) as api:
+    with LoopbackServer(crm_api(server.url)) as api:
         yield api.url
 
 
 @pytest.fixture
 def crm_with_nonces(broker: Broker) -> Iterator[str]:
     server, _ = broker
-    with ServedApi(crm_api(server.url, require_dpop_nonce=True)) as api:
+    with LoopbackServer(crm_api(server.url, require_dpop_nonce=True)) as api:
         yield api.url
 
 

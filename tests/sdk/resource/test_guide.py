@@ -7,24 +7,19 @@ start the server) and ```text/```json/```yaml blocks (samples) are shown, not ru
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import runpy
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 import pytest
-import uvicorn
 
+from deputy.devtools.served import LoopbackServer
 from tests.integration.deployment import running, write_deployment
 
 GUIDE = Path(__file__).resolve().parents[3] / "docs" / "protect-an-api.md"
@@ -35,40 +30,6 @@ TIMEOUT_SECONDS = 60
 def blocks(language: str) -> list[str]:
     text = GUIDE.read_text(encoding="utf-8")
     return [body for info, body in FENCE.findall(text) if info.strip() == language]
-
-
-class ApiServer:
-    """The guide's app under uvicorn on 127.0.0.1, in a thread.
-
-    The socket listens before the server starts, so a client connecting early waits in the
-    backlog until the app (and its verifier) has started: no polling for readiness.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, name="guide-api", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.run(self._server.serve(sockets=[self._sock]))
-
-    def __enter__(self) -> ApiServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
 
 
 @pytest.fixture
@@ -102,7 +63,7 @@ def test_the_guide_runs_as_written(
     with running(d) as (broker, _):
         monkeypatch.setenv("DEPUTY", broker.url)
         app = runpy.run_path(str(app_file), run_name="app")["app"]
-        with ApiServer(app) as api:
+        with LoopbackServer(app, name="guide-api") as api:
             env = {
                 **os.environ,
                 "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
