@@ -1,4 +1,4 @@
-"""`deputy` command: serve, keys, audit, revoke, clients, demo."""
+"""`deputy` command: serve, keys, audit, revoke, clients, policy, blast-radius, demo."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from deputy.cli import audit, clients, keys
+from deputy.cli import audit, blast_radius, clients, keys, policy
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
 from deputy.cli.revoke import revoke
 from deputy.clock import SystemClock
@@ -23,6 +23,8 @@ app = typer.Typer(
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
 app.add_typer(clients.app, name="clients")
+app.add_typer(policy.app, name="policy")
+app.command(name="blast-radius")(blast_radius.blast_radius)
 app.command()(revoke)
 
 

@@ -1,0 +1,158 @@
+"""`deputy blast-radius`: what a workload (or pattern), or the agents acting for a user, can
+obtain under the policy, and what they hold right now according to the audit ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deputy.audit.log import AuditFilter
+from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
+from deputy.config.settings import MAX_TTL_SECONDS
+from deputy.errors import StoreUnavailable
+from deputy.policy.blast_radius import (
+    LedgerCredential,
+    LedgerSnapshot,
+    LiveSummary,
+    WorkflowReach,
+    user_reach,
+)
+from deputy.policy.blast_radius import (
+    blast_radius as compute_blast_radius,
+)
+from deputy.policy.model import policy_from_settings
+from deputy.store.sqlite.audit_reader import DB_FILE, open_audit_reader
+
+_ALL = 2**62  # no limit: every record of the window is read
+
+
+def read_ledger(data_dir: Path, now: float) -> LedgerSnapshot:
+    """Credentials of the last ``MAX_TTL_SECONDS`` (no older one can be live) and the
+    revocations in force; an empty snapshot if the broker never wrote an audit log here."""
+    if not (data_dir / DB_FILE).exists():
+        return LedgerSnapshot(now)
+    reader = open_audit_reader(data_dir)
+    credentials: list[LedgerCredential] = []
+    seen: set[str] = set()
+    for stored in reader.query(AuditFilter(since=now - MAX_TTL_SECONDS - 1, limit=_ALL)):
+        r = stored.record
+        if isinstance(r.get("workload_id"), str):
+            seen.add(r["workload_id"])
+        for c in r.get("credentials") or ():
+            credentials.append(
+                LedgerCredential(
+                    jti=c["jti"],
+                    tool=c["tool"],
+                    issued_at=int(r["time"]),
+                    expires_at=int(c["expires_at"]),
+                    workload_id=r.get("workload_id"),
+                    user_id=r.get("user_id"),
+                    execution_id=r.get("execution_id"),
+                    agent_instance=r.get("agent_instance"),
+                    parent_jti=r.get("parent_jti"),
+                    parent_actors=tuple(r.get("parent_actors") or ()),
+                )
+            )
+    revocations = asyncio.run(reader.revocations_after(0, now))
+    return LedgerSnapshot(now, tuple(credentials), tuple(revocations), frozenset(seen))
+
+
+def _when(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def _live_line(live: LiveSummary) -> str:
+    users = f"{live.users} user" + ("" if live.users == 1 else "s")
+    line = f"live now: {live.credentials} unexpired unrevoked credentials for {users}"
+    if live.by_tool:
+        line += " (" + ", ".join(f"{t} {n}" for t, n in live.by_tool) + ")"
+    if live.latest_expiry is not None:
+        line += f", latest expiry {_when(live.latest_expiry)}"
+    if live.revoked:
+        line += f"; {live.revoked} revoked not counted"
+    return line
+
+
+def _workflow_lines(w: WorkflowReach) -> list[str]:
+    limits = ", ".join(
+        f"{r.category} {'unlimited' if r.per_day is None else r.per_day}" for r in w.rate_limits
+    )
+    return [
+        f"workflow {w.workflow} (agents {', '.join(w.agents)})",
+        f"  for: {w.for_whom}",
+        *(f"  tool: {t.tool} [{' '.join(t.scopes)}] at {t.audience}" for t in w.tools),
+        f"  max lifetime: {w.ttl_max}s",
+        f"  max credentials per user per day: {limits}",
+        f"  may delegate to: {', '.join(w.delegate_to) or 'none'}",
+        f"  dpop: {'required' if w.require_dpop else 'not required'}",
+    ]
+
+
+def blast_radius(
+    target: Annotated[
+        str | None, typer.Argument(help="A workload id, or a pattern (* one segment, ** any).")
+    ] = None,
+    user: Annotated[
+        str | None, typer.Option(help="The reverse view: agents for this user.")
+    ] = None,
+    tier: Annotated[str | None, typer.Option(help="The user's tier (with --user).")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """What a workload can obtain, for whom, for how long, and what it holds right now."""
+    if (target is None) == (user is None):
+        raise typer.BadParameter("give a workload id or pattern, or --user (not both)")
+    if tier is not None and user is None:
+        raise typer.BadParameter("--tier goes with --user")
+    settings = load_or_exit(config)
+    policy = policy_from_settings(settings)
+    try:
+        ledger = read_ledger(settings.data_dir, time.time())
+    except StoreUnavailable as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    if user is not None:
+        reach = user_reach(policy, user, tier, ledger)
+        if as_json:
+            typer.echo(json.dumps(reach.as_dict(), indent=2))
+            return
+        typer.echo(
+            f"agents that can act for user {user} "
+            f"(tier {tier or 'not given: every tier shown'}; policy {policy.version})"
+        )
+        for w in reach.workflows:
+            typer.echo("\n".join(_workflow_lines(w)))
+        if not reach.workflows:
+            typer.echo("no workflow can act for this user")
+        typer.echo(_live_line(reach.live))
+        return
+    assert target is not None
+    radius = compute_blast_radius(policy, target, ledger)
+    if as_json:
+        typer.echo(json.dumps(radius.as_dict(), indent=2))
+        return
+    kind = "pattern" if radius.pattern else "workload id"
+    typer.echo(f"blast radius of {target} ({kind}; policy {policy.version})")
+    for w in radius.workflows:
+        typer.echo("\n".join(_workflow_lines(w)))
+    if not radius.workflows:
+        typer.echo("no workflow admits it")
+    else:
+        scopes = "; ".join(f"{t} [{' '.join(s)}]" for t, s in radius.scopes.items())
+        typer.echo(f"in all: {scopes}; max lifetime {radius.ttl_max}s")
+        if radius.any_user:
+            typer.echo("acts for ANY user (asserted delegation)")
+    typer.echo(
+        f"accepted as a sub-agent by: {', '.join(radius.sub_agent_of) or 'none'}"
+        f" (max delegation depth {radius.max_delegation_depth})"
+    )
+    typer.echo(
+        f"workloads seen in the audit log (last 24h): {', '.join(radius.workloads_seen) or 'none'}"
+    )
+    typer.echo(_live_line(radius.live))
