@@ -13,10 +13,11 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from deputy.cli import blast_radius, policy
+from deputy.cli.main import app as deputy_app
 from deputy.config import load_settings
 from deputy.devtools.broker_thread import BrokerThread
 from deputy.policy.model import policy_from_settings
-from tests.integration.deployment import Deployment
+from tests.integration.deployment import Deployment, running, write_deployment
 from tests.integration.oauth_client import JWT_SPIFFE, SUPPORT_ID, TICKETS, alice_credential
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "deputy.yaml"
@@ -194,3 +195,32 @@ def test_blast_radius_counts_live_unrevoked_credentials(
         "(agents https://k8s.example/cluster-1#system:serviceaccount:support:escalation)",
     ]
     assert lines[-1] == "live now: 0 unexpired unrevoked credentials for 0 users"
+
+
+def test_drift_reports_unissued_grants_and_a_narrower_policy(tmp_path: Path) -> None:
+    d = write_deployment(tmp_path)
+    with running(d) as (_, client):
+        alice_credential(d, client, scope="accounts:read")  # customer_data_api only
+    result = CliRunner().invoke(
+        deputy_app, ["drift", "--config", str(d.config_path), "--since", "1h"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert (
+        "workflow customer-support: 1 credential; tool pricing_api never issued; "
+        "tool ticketing_api never issued"
+    ) in lines
+    assert "workflow price-sync: no credential issued in the window" in lines
+    assert "suggested policy (review before applying):" in lines
+    assert "-      pricing_api:" in lines and "-  price-sync:" in lines
+    as_json = CliRunner().invoke(
+        deputy_app, ["drift", "--config", str(d.config_path), "--since", "1h", "--json"]
+    )
+    document = json.loads(as_json.output)
+    support = next(w for w in document["workflows"] if w["workflow"] == "customer-support")
+    assert support == {
+        "workflow": "customer-support",
+        "credentials": 1,
+        "unissued_tools": ["pricing_api", "ticketing_api"],
+        "unissued_scopes": {},
+    }

@@ -1,4 +1,4 @@
-"""`deputy` command: serve, keys, audit, revoke, clients, policy, blast-radius, demo."""
+"""`deputy` command: serve, keys, audit, revoke, clients, policy, blast-radius, drift, demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from deputy.cli import audit, blast_radius, clients, keys, policy
+from deputy.cli.drift import drift_command
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
 from deputy.cli.revoke import revoke
 from deputy.clock import SystemClock
@@ -25,6 +26,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(clients.app, name="clients")
 app.add_typer(policy.app, name="policy")
 app.command(name="blast-radius")(blast_radius.blast_radius)
+app.command(name="drift")(drift_command)
 app.command()(revoke)
 
 
