@@ -527,3 +527,37 @@ def test_a_version_1_store_is_migrated(db: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM revocations").fetchone() == (0,)
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"execution_id": "e"},
+        {"agent_instance": "i"},
+        {"user_id": "u"},
+        {"workload_id": "w"},
+        {"jti": "j"},
+        {"since": T0},
+        {"user_id": "u", "since": T0},
+    ],
+    ids=lambda f: ",".join(f),
+)
+def test_queries_use_an_index_and_need_no_sort(log: SqliteAuditLog, db: Path, filters: Any) -> None:
+    from deputy.store.sqlite.audit_tables import select_records
+
+    sql, params = select_records(AuditFilter(**filters))
+    conn = sqlite3.connect(db)
+    try:
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    finally:
+        conn.close()
+    assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), plan
+
+
+async def test_since_finds_a_late_record_by_its_time(log: SqliteAuditLog) -> None:
+    for i in range(1, 7):
+        await log.append(make_record(i, time=T0 + (2 if i == 6 else i)))
+    assert seqs(log, since=T0 + 2) == [2, 3, 4, 5, 6]
+    assert seqs(log, since=T0 + 2, limit=2) == [2, 3]
+    assert seqs(log, since=T0 + 7) == []
+    assert seqs(log, user_id="user-2", since=T0 + 2) == [2, 6]

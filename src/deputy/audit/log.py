@@ -80,6 +80,12 @@ class AuditReader(Protocol):
 
     def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]: ...
 
+    def export(
+        self, since: float | None = None, until: float | None = None
+    ) -> Iterator[StoredRecord]:
+        """Every record with ``since <= time < until`` in seq order, streamed."""
+        ...
+
     def verify(self) -> ChainReport: ...
 
 

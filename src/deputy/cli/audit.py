@@ -1,16 +1,23 @@
-"""`deputy audit`: verify the chain and answer forensic queries."""
+"""`deputy audit`: verify the chain, answer forensic queries, export for a SIEM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import sys
+import tempfile
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, TextIO
 
 import typer
 
 from deputy.audit.log import AuditFilter
+from deputy.audit.record import StoredRecord
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
 from deputy.store.sqlite.audit_reader import open_audit_reader
 
@@ -126,3 +133,88 @@ def query(
             typer.echo(json.dumps({**stored.record, "seq": stored.seq, "hash": stored.hash}))
         else:
             typer.echo(f"#{stored.seq} {_line(stored.record)}")
+
+
+def export_line(stored: StoredRecord) -> str:
+    """One JSON Lines entry: the record body with its chain position; ASCII, one line."""
+    entry = {**stored.record, "seq": stored.seq, "hash": stored.hash, "prev_hash": stored.prev_hash}
+    return json.dumps(entry, ensure_ascii=True, allow_nan=False, separators=(",", ":")) + "\n"
+
+
+def write_export(records: Iterable[StoredRecord], out: TextIO) -> int:
+    """Write each record as it arrives (nothing is held back); the number written."""
+    count = 0
+    for stored in records:
+        out.write(export_line(stored))
+        count += 1
+    return count
+
+
+def _export_to_file(records: Iterable[StoredRecord], path: Path, *, force: bool) -> int:
+    """Write under a private name in the same directory, fsync, then put it in place.
+
+    Readers see no file or the whole export, never part of one. Without ``force`` the
+    final step is a link, which fails rather than replace a file that appeared meanwhile.
+    """
+    directory = path.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as handle:
+            count = write_export(records, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if force:
+            tmp.replace(path)
+        else:
+            os.link(tmp, path)
+            tmp.unlink()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # make the new name durable too, where supported
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return count
+
+
+@app.command()
+def export(
+    config: ConfigOption = DEFAULT_CONFIG,
+    since: Annotated[
+        str | None, typer.Option(help="From this time on: 30m, 2h, 7d, epoch or ISO time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Before this time (exclusive); same forms as --since.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+) -> None:
+    """Every record as JSON Lines, in seq order, with seq, hash and prev_hash, for a SIEM."""
+    settings = load_or_exit(config)
+    now = time.time()
+    start = parse_since(since, now) if since else None
+    end = parse_since(until, now) if until else None
+    if output is not None and not force and output.exists():
+        typer.echo(f"error: {output} exists; use --force to replace it", err=True)
+        raise typer.Exit(1)
+    records = open_audit_reader(settings.data_dir).export(start, end)
+    if output is None:
+        write_export(records, sys.stdout)
+        sys.stdout.flush()
+        return
+    try:
+        count = _export_to_file(records, output, force=force)
+    except FileExistsError:
+        typer.echo(f"error: {output} exists; use --force to replace it", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"exported {count} records to {output}", err=True)

@@ -25,6 +25,7 @@ from deputy.store.sqlite.audit_tables import (
     REVOCATION_ROWS_SQL,
     RowChecker,
     head_from_row,
+    select_export,
     select_records,
 )
 
@@ -46,6 +47,23 @@ class SqliteAuditReader:
     def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]:
         """Records matching the filter, in seq order."""
         sql, params = select_records(audit_filter)
+        with closing(self._reader()) as conn:
+            try:
+                for seq, body, prev_hash, hash_ in conn.execute(sql, params):
+                    yield StoredRecord(
+                        seq=seq, record=json.loads(body), prev_hash=prev_hash, hash=hash_
+                    )
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(UNAVAILABLE) from exc
+
+    def export(
+        self, since: float | None = None, until: float | None = None
+    ) -> Iterator[StoredRecord]:
+        """Every record with ``since <= time < until``, in seq order, one at a time.
+
+        Rows come from one cursor over one read snapshot: memory does not grow with the log.
+        """
+        sql, params = select_export(since, until)
         with closing(self._reader()) as conn:
             try:
                 for seq, body, prev_hash, hash_ in conn.execute(sql, params):

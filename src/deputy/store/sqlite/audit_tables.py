@@ -96,6 +96,18 @@ REVOCATION_ROWS_SQL = (
 )
 
 
+# The first seq at or after a time, from the time index alone (a covering range scan): without
+# INDEXED BY, SQLite answers MIN(seq) by walking the whole table in seq order from the start.
+# Reading from that seq on in primary key order then needs no sort; ``+time`` keeps the
+# planner on that range (or on an equality index, whose entries are in seq order too).
+_SINCE = (
+    "seq >= (SELECT MIN(seq) FROM records INDEXED BY records_time WHERE time >= ?) AND +time >= ?"
+)
+_UNTIL = (
+    "seq <= (SELECT MAX(seq) FROM records INDEXED BY records_time WHERE time < ?) AND +time < ?"
+)
+
+
 def select_records(audit_filter: AuditFilter) -> tuple[str, list[Any]]:
     """The SQL and parameters that select a filter's records in seq order."""
     clauses: list[str] = []
@@ -109,12 +121,32 @@ def select_records(audit_filter: AuditFilter) -> tuple[str, list[Any]]:
         clauses.append("seq IN (SELECT seq FROM credentials WHERE jti = ?)")
         params.append(audit_filter.jti)
     if audit_filter.since is not None:
-        clauses.append("time >= ?")
-        params.append(audit_filter.since)
+        clauses.append(_SINCE)
+        params += [audit_filter.since, audit_filter.since]
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
     params.append(max(audit_filter.limit, 0))
     # Only fixed column names are interpolated; every value is a bound parameter.
     sql = "SELECT seq, body, prev_hash, hash FROM records" + where + " ORDER BY seq LIMIT ?"  # noqa: S608
+    return sql, params
+
+
+def select_export(since: float | None, until: float | None) -> tuple[str, list[Any]]:
+    """The SQL and parameters that stream the records with ``since <= time < until`` by seq.
+
+    The time index finds the first and last seq in the window; the records are then read
+    in primary key order between them, so no sort is needed and memory stays constant.
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        clauses.append(_SINCE)
+        params += [since, since]
+    if until is not None:
+        clauses.append(_UNTIL)
+        params += [until, until]
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    # Only fixed clauses are interpolated; every value is a bound parameter.
+    sql = "SELECT seq, body, prev_hash, hash FROM records" + where + " ORDER BY seq"  # noqa: S608
     return sql, params
 
 

@@ -1,0 +1,203 @@
+"""`deputy audit export`: JSON Lines for a SIEM, streamed, filtered by time, read-only."""
+
+from __future__ import annotations
+
+import json
+import os
+import tracemalloc
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from deputy.audit.chain import GENESIS_HASH, canonical_json, link_hash
+from deputy.audit.log import AuditFilter
+from deputy.audit.record import DecisionRecord
+from deputy.cli.audit import export_line, write_export
+from deputy.cli.main import app
+from deputy.clock import FakeClock
+from deputy.store.sqlite import SqliteAuditLog
+from deputy.store.sqlite.audit_reader import DB_FILE, SqliteAuditReader, open_head_key
+from deputy.store.sqlite.audit_writer import SqliteAuditWriter
+from tests.integration.deployment import write_deployment
+from tests.integration.test_audit_sqlite import HOSTILE, T0, make_record
+
+CHAIN_FIELDS = ("seq", "hash", "prev_hash")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_deployment(tmp_path).config_path
+
+
+@pytest.fixture
+def data_dir(config: Path) -> Path:
+    from deputy.config import load_settings
+
+    return load_settings(config).data_dir
+
+
+def open_log(data_dir: Path) -> SqliteAuditLog:
+    return SqliteAuditLog(data_dir / DB_FILE, open_head_key(data_dir), clock=FakeClock(T0))
+
+
+async def write(data_dir: Path, records: list[DecisionRecord]) -> None:
+    with open_log(data_dir) as audit_log:
+        for record in records:
+            await audit_log.append(record)
+
+
+def export(config: Path, *args: str) -> Result:
+    return CliRunner().invoke(app, ["audit", "export", "--config", str(config), *args])
+
+
+def exported_seqs(result: Result) -> list[int]:
+    assert result.exit_code == 0, result.output
+    return [json.loads(line)["seq"] for line in result.stdout.splitlines()]
+
+
+async def test_each_line_is_a_stored_record_with_its_chain_link(
+    config: Path, data_dir: Path
+) -> None:
+    await write(
+        data_dir,
+        [make_record(i) for i in range(1, 5)]
+        + [make_record(5, user_id=HOSTILE, reasons=({"rule": "r", "message": HOSTILE},))],
+    )
+    result = export(config)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.isascii() and result.stdout.endswith("}\n")
+    lines = result.stdout.split("\n")[:-1]
+    reader = SqliteAuditReader(data_dir / DB_FILE, open_head_key(data_dir))
+    stored = list(reader.query(AuditFilter()))
+    assert len(lines) == len(stored) == 5
+    prev = GENESIS_HASH
+    for line, record in zip(lines, stored, strict=True):
+        assert line + "\n" == export_line(record)
+        entry = json.loads(line)
+        assert entry == {
+            **record.record,
+            "seq": record.seq,
+            "hash": record.hash,
+            "prev_hash": record.prev_hash,
+        }
+        # A SIEM can check the chain from the lines alone.
+        body = canonical_json({k: v for k, v in entry.items() if k not in CHAIN_FIELDS})
+        assert entry["prev_hash"] == prev
+        assert link_hash(entry["seq"], entry["prev_hash"], body) == entry["hash"]
+        prev = entry["hash"]
+    assert json.loads(lines[4])["user_id"] == HOSTILE
+    assert "token" not in {key for line in lines for key in json.loads(line)}
+
+
+async def test_since_and_until_select_a_time_window_in_seq_order(
+    config: Path, data_dir: Path
+) -> None:
+    # Record 13 was decided late: its time falls inside the window though its seq does not.
+    await write(data_dir, [make_record(i) for i in range(1, 13)] + [make_record(13, time=T0 + 5)])
+    assert exported_seqs(export(config, "--since", str(T0 + 4), "--until", str(T0 + 9))) == [
+        4,
+        5,
+        6,
+        7,
+        8,
+        13,
+    ]
+    iso = datetime.fromtimestamp(T0 + 10, UTC).isoformat()
+    assert exported_seqs(export(config, "--since", iso)) == [10, 11, 12]
+    assert exported_seqs(export(config, "--until", str(T0 + 3))) == [1, 2]
+    assert exported_seqs(export(config, "--since", str(T0 + 100))) == []
+    everything = list(range(1, 14))
+    assert exported_seqs(export(config)) == everything
+    # Relative times count back from now; T0 lies in the future.
+    assert exported_seqs(export(config, "--since", "1h")) == everything
+    assert exported_seqs(export(config, "--until", "1h")) == []
+    bad = export(config, "--since", "yesterday")
+    assert bad.exit_code == 2 and bad.stdout == ""
+
+
+def test_an_empty_log_exports_nothing(config: Path, data_dir: Path) -> None:
+    with open_log(data_dir):
+        pass
+    result = export(config)
+    assert result.exit_code == 0 and result.stdout == ""
+
+
+class Sink:
+    """Counts lines and keeps only the last, as a pipe to a SIEM would hold nothing."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.last = ""
+
+    def write(self, text: str) -> int:
+        self.lines += 1
+        self.last = text
+        return len(text)
+
+
+def test_export_streams_in_constant_memory(tmp_path: Path) -> None:
+    records = 50_000
+    db = tmp_path / "audit.db"
+    key = b"audit-head-key-for-tests-32bytes!"
+    writer = SqliteAuditWriter(db, key, clock=FakeClock(T0))
+    try:
+        for start in range(1, records + 1, 5000):
+            assert (
+                writer.write([make_record(i) for i in range(start, start + 5000)]) == [None] * 5000
+            )
+    finally:
+        writer.close()
+    reader = SqliteAuditReader(db, key)
+    sink = Sink()
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        written = write_export(reader.export(), sink)  # type: ignore[arg-type]
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+    assert written == sink.lines == records
+    assert json.loads(sink.last)["seq"] == records
+    # The export is ~25 MB of JSON; holding the rows or the lines would take far more.
+    assert peak < 1_000_000, f"export held {peak:,} bytes"
+    assert reader.verify().ok
+
+
+async def test_output_file_is_written_whole_and_not_overwritten_without_force(
+    config: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    await write(data_dir, [make_record(i) for i in range(1, 4)])
+    out = tmp_path / "out" / "audit.jsonl"
+    missing = export(config, "--output", str(out))
+    assert missing.exit_code == 1 and "cannot write" in missing.stderr
+    out.parent.mkdir()
+    first = export(config, "--output", str(out))
+    assert first.exit_code == 0, first.output
+    assert first.stdout == "" and f"exported 3 records to {out}" in first.stderr
+    assert out.read_text() == export(config).stdout
+    assert os.stat(out).st_mode & 0o077 == 0  # audit data is not for every local user
+
+    await write(data_dir, [make_record(4)])
+    refused = export(config, "--output", str(out))
+    assert refused.exit_code == 1 and "exists; use --force" in refused.stderr
+    assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == [1, 2, 3]
+    forced = export(config, "--output", str(out), "--force")
+    assert forced.exit_code == 0 and "exported 4 records" in forced.stderr
+    assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == [1, 2, 3, 4]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["audit.jsonl"]
+
+
+async def test_export_leaves_the_log_as_it_was(config: Path, data_dir: Path) -> None:
+    await write(data_dir, [make_record(i) for i in range(1, 8)])
+    db = data_dir / DB_FILE
+    before = db.read_bytes()
+    assert exported_seqs(export(config, "--since", str(T0 + 3))) == [3, 4, 5, 6, 7]
+    assert db.read_bytes() == before
+    verify = CliRunner().invoke(app, ["audit", "verify", "--config", str(config)])
+    assert verify.exit_code == 0 and "audit chain ok: 7 records" in verify.stdout
+    with open_log(data_dir) as audit_log:  # and the writer still extends the same chain
+        await audit_log.append(make_record(8))
+        assert audit_log.verify().ok
+    assert exported_seqs(export(config)) == list(range(1, 9))
