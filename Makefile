@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint fmt bench clean
+.PHONY: install demo test lint fmt bench bench-audit clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/issue_bench.py
 	$(BIN)/python bench/verify_bench.py
+
+bench-audit: $(STAMP)
+	$(BIN)/python bench/audit_query_bench.py
 
 clean:
 	rm -rf $(VENV) .deputy-demo .pytest_cache .mypy_cache .ruff_cache

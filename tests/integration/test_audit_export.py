@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from deputy.audit.record import DecisionRecord
 from deputy.cli.audit import export_line, write_export
 from deputy.cli.main import app
 from deputy.clock import FakeClock
+from deputy.config import load_settings
 from deputy.store.sqlite import SqliteAuditLog
 from deputy.store.sqlite.audit_reader import DB_FILE, SqliteAuditReader, open_head_key
 from deputy.store.sqlite.audit_writer import SqliteAuditWriter
@@ -33,8 +36,6 @@ def config(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def data_dir(config: Path) -> Path:
-    from deputy.config import load_settings
-
     return load_settings(config).data_dir
 
 
@@ -201,3 +202,22 @@ async def test_export_leaves_the_log_as_it_was(config: Path, data_dir: Path) -> 
         await audit_log.append(make_record(8))
         assert audit_log.verify().ok
     assert exported_seqs(export(config)) == list(range(1, 9))
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly(config: Path, data_dir: Path) -> None:
+    writer = SqliteAuditWriter(data_dir / DB_FILE, open_head_key(data_dir), clock=FakeClock(T0))
+    try:
+        for start in range(0, 20_000, 2_000):
+            batch = [make_record(i, decision_id=f"d-{i}") for i in range(start, start + 2_000)]
+            assert writer.write(batch) == [None] * len(batch)
+    finally:
+        writer.close()
+    deputy = Path(sys.executable).parent / "deputy"
+    piped = subprocess.run(
+        ["bash", "-c", f'set -o pipefail; "{deputy}" audit export --config "{config}" | head -1'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == "" and json.loads(piped.stdout)["seq"] == 1

@@ -206,8 +206,15 @@ def export(
         raise typer.Exit(1)
     records = open_audit_reader(settings.data_dir).export(start, end)
     if output is None:
-        write_export(records, sys.stdout)
-        sys.stdout.flush()
+        try:
+            write_export(records, sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, and keep Python from
+            # complaining again when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
         return
     try:
         count = _export_to_file(records, output, force=force)
