@@ -19,7 +19,7 @@ from deputy.clock import FakeClock
 from deputy.errors import StoreUnavailable
 from deputy.store.sqlite import SqliteAuditLog, open_audit_log
 from deputy.store.sqlite.audit_reader import SqliteAuditReader
-from deputy.store.sqlite.audit_tables import SCHEMA
+from deputy.store.sqlite.audit_tables import MIGRATIONS, SCHEMA
 
 KEY = b"audit-head-key-for-tests-32bytes!"
 IDP = "https://idp.example"
@@ -421,7 +421,7 @@ def test_empty_log_verifies_and_schema_is_versioned(log: SqliteAuditLog, db: Pat
     assert list(log.query(AuditFilter())) == [] and log.issued_counts(0) == {}
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
@@ -523,10 +523,99 @@ def test_a_version_1_store_is_migrated(db: Path) -> None:
         assert audit_log.verify().ok
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
         assert conn.execute("SELECT COUNT(*) FROM revocations").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM uses").fetchone() == (0,)
     finally:
         conn.close()
+
+
+async def test_a_version_2_store_is_migrated_and_keeps_its_records(db: Path) -> None:
+    raw(db, *SCHEMA, *MIGRATIONS[1], "PRAGMA user_version = 2")
+    with SqliteAuditLog(db, KEY) as audit_log:
+        await audit_log.append(make_record(1))
+        await audit_log.append(usage_record(2, ["jti-1"]))
+        assert audit_log.verify().ok
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("SELECT jti, outcome FROM uses").fetchall() == [("jti-1", 200)]
+    finally:
+        conn.close()
+
+
+def usage_record(i: int, jtis: list[str]) -> DecisionRecord:
+    return make_record(
+        i,
+        endpoint="/usage",
+        outcome="usage",
+        credentials=(),
+        execution_id=None,
+        requested_by="client:crm-api",
+        uses=tuple(
+            {
+                "jti": jti,
+                "tool": "github",
+                "operation": f"GET /repos/{n}",
+                "outcome": 200,
+                "time": T0 + i + n / 10,
+            }
+            for n, jti in enumerate(jtis)
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("statements", "first_bad", "words"),
+    [
+        (["DELETE FROM uses WHERE seq = 3 AND jti = 'jti-2'"], 3, "use rows of record 3"),
+        (["UPDATE uses SET outcome = 500 WHERE seq = 3 AND jti = 'jti-1'"], 3, "use rows"),
+        (["UPDATE uses SET operation = 'DELETE /x' WHERE seq = 5"], 5, "use rows"),
+        (["UPDATE uses SET reported_by = 'client:other' WHERE seq = 5"], 5, "use rows"),
+        (["UPDATE uses SET seq = 4 WHERE seq = 5"], 4, "use rows of record 4"),
+        (
+            [
+                "INSERT INTO uses (seq, jti, operation, outcome, time, reported_by)"
+                " VALUES (99, 'jti-1', 'GET /', 200, 1, 'client:crm-api')"
+            ],
+            6,
+            "use of jti-1 belongs to no record",
+        ),
+    ],
+    ids=["deleted", "outcome-edited", "operation-edited", "reporter-edited", "moved", "orphan"],
+)
+async def test_use_rows_are_checked_against_their_records(
+    db: Path, statements: list[str], first_bad: int, words: str
+) -> None:
+    records = [
+        make_record(1),
+        make_record(2),
+        usage_record(3, ["jti-1", "jti-2"]),
+        make_record(4),
+        usage_record(5, ["jti-4"]),
+    ]
+    report = await verify_after_tampering(db, records, statements)
+    assert not report.ok
+    assert report.first_bad_seq == first_bad, report.problem
+    assert words in (report.problem or "")
+
+
+async def test_uses_are_read_back_per_credential_in_time_order(db: Path) -> None:
+    with SqliteAuditLog(db, KEY) as audit_log:
+        await audit_log.append(make_record(1))
+        await audit_log.append(usage_record(2, ["jti-1", "jti-1"]))
+        await audit_log.append(usage_record(3, ["jti-1"]))
+    reader = SqliteAuditReader(db, KEY)
+    found = reader.uses_of(["jti-1", "nope"])
+    assert found["nope"] == []
+    assert [(u["time"], u["operation"], u["seq"]) for u in found["jti-1"]] == [
+        (T0 + 2, "GET /repos/0", 2),
+        (T0 + 2.1, "GET /repos/1", 2),
+        (T0 + 3, "GET /repos/0", 3),
+    ]
+    assert {u["reported_by"] for u in found["jti-1"]} == {"client:crm-api"}
+    entry = await reader.credential("jti-1")
+    assert entry is not None and entry.audience == "https://api.github.com"
 
 
 @pytest.mark.parametrize(

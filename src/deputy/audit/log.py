@@ -48,6 +48,7 @@ class LedgerEntry:
     execution_id: str | None
     workload_id: str | None
     may_act: str | None = None
+    audience: str | None = None  # the API the credential was minted for
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,8 @@ class IssuedCredential:
 class DecisionRecord:
     """One decision with full attribution (``SECURITY.md`` "Audit").
 
-    ``outcome`` is ``allow`` or ``deny``. Every field is plain data so the record can be
+    ``outcome`` is ``allow`` or ``deny`` (``revoke`` for a revocation, ``usage`` for
+    reported uses of credentials). Every field is plain data so the record can be
     canonically serialised for the hash chain; nothing here may hold a token or key.
     """
 
@@ -57,12 +58,15 @@ class DecisionRecord:
     dpop_jkt: str | None = None  # the key the credentials are bound to (RFC 9449 cnf.jkt)
     requested_by: str | None = None  # who asked for a revocation
     revocation: dict[str, Any] | None = None  # selector, value, issued_before, expires_at
+    # Reported uses of credentials: jti, tool, operation, outcome (HTTP status), time.
+    uses: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["credentials"] = [asdict(c) for c in self.credentials]
         out["reasons"] = [dict(r) for r in self.reasons]
         out["parent_actors"] = list(self.parent_actors)
+        out["uses"] = [dict(u) for u in self.uses]
         return out
 
     def as_tuple(self) -> tuple[Any, ...]:

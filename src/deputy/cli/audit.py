@@ -9,7 +9,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TextIO
@@ -19,12 +19,13 @@ import typer
 from deputy.audit.log import AuditFilter
 from deputy.audit.record import StoredRecord
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
-from deputy.store.sqlite.audit_reader import open_audit_reader
+from deputy.store.sqlite.audit_reader import SqliteAuditReader, open_audit_reader
 
 app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TIMELINE = 100_000  # records of one execution shown
 
 
 def parse_since(value: str, now: float) -> float:
@@ -85,6 +86,18 @@ def _line(record: dict[str, Any]) -> str:
                 f"reason={_shown(revocation.get('reason'))}",
             ]
         )
+    uses = record.get("uses")
+    if record.get("outcome") == "usage" and isinstance(uses, list):
+        jtis = ", ".join(_shown(u.get("jti")) for u in uses if isinstance(u, dict))
+        return "  ".join(
+            [
+                when,
+                "USAGE",
+                f"by={_shown(record.get('requested_by'))}",
+                f"uses={len(uses)}",
+                f"credentials=[{jtis}]",
+            ]
+        )
     parts = [
         when,
         _shown(record["outcome"]).upper(),
@@ -133,6 +146,103 @@ def query(
             typer.echo(json.dumps({**stored.record, "seq": stored.seq, "hash": stored.hash}))
         else:
             typer.echo(f"#{stored.seq} {_line(stored.record)}")
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _shown(value)
+    return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+
+
+def timeline_of(reader: SqliteAuditReader, execution: str) -> list[dict[str, Any]]:
+    """The execution's records in order, each credential with its reported uses."""
+    records = [
+        {**stored.record, "seq": stored.seq}
+        for stored in reader.query(AuditFilter(execution_id=execution, limit=MAX_TIMELINE))
+    ]
+    jtis = [
+        c["jti"]
+        for r in records
+        for c in r.get("credentials") or ()
+        if isinstance(c, dict) and isinstance(c.get("jti"), str)
+    ]
+    uses = reader.uses_of(jtis)
+    for r in records:
+        r["credentials"] = [
+            {**c, "uses": uses.get(str(c.get("jti")), [])} if isinstance(c, dict) else c
+            for c in r.get("credentials") or ()
+        ]
+    return records
+
+
+def timeline_lines(records: list[dict[str, Any]]) -> Iterator[str]:
+    """The timeline as text: each decision, its credentials under it, their uses under them."""
+    for r in records:
+        revocation = r.get("revocation")
+        if isinstance(revocation, dict):
+            yield f"#{r['seq']} {_line(r)}"
+            continue
+        kind = "exchange" if r.get("parent_jti") else "decision"
+        parts = [
+            f"#{r['seq']}",
+            _iso(r.get("time")),
+            _shown(r.get("outcome")).upper(),
+            kind,
+            f"status={_shown(r.get('status'))}",
+            f"workflow={_shown(r.get('workflow'))}",
+            f"workload={_shown(r.get('workload_id'))}",
+            f"user={_shown(r.get('user_id'))}",
+        ]
+        if r.get("parent_jti"):
+            parts.append(f"from={_shown(r.get('parent_jti'))}")
+        yield "  ".join(parts)
+        for reason in r.get("reasons") or ():
+            if isinstance(reason, dict):
+                yield f"    {_shown(reason.get('rule'))}: {_shown(reason.get('message'))}"
+        for c in r.get("credentials") or ():
+            if not isinstance(c, dict):
+                continue
+            yield "  ".join(
+                [
+                    "    credential",
+                    f"tool={_shown(c.get('tool'))}",
+                    f"jti={_shown(c.get('jti'))}",
+                    f"scope={_shown(c.get('scope'))}",
+                    f"expires={_iso(c.get('expires_at'))}",
+                    f"uses={len(c.get('uses') or ())}",
+                ]
+            )
+            for use in c.get("uses") or ():
+                yield "  ".join(
+                    [
+                        "        use",
+                        _iso(use.get("time")),
+                        _shown(use.get("operation")),
+                        f"-> {_shown(use.get('outcome'))}",
+                        f"by={_shown(use.get('reported_by'))}",
+                    ]
+                )
+
+
+@app.command()
+def timeline(
+    execution: Annotated[str, typer.Option(help="Execution id.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+) -> None:
+    """One execution: decisions, the credentials each minted, and each reported use of them."""
+    settings = load_or_exit(config)
+    records = timeline_of(open_audit_reader(settings.data_dir), execution)
+    if not records:
+        typer.echo(f"no records for execution {_shown(execution)}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        document = {"execution_id": execution, "records": records}
+        typer.echo(json.dumps(document, ensure_ascii=True, allow_nan=False))
+        return
+    typer.echo(f"execution {_shown(execution)}")
+    for line in timeline_lines(records):
+        typer.echo(line)
 
 
 def export_line(stored: StoredRecord) -> str:

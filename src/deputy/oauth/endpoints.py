@@ -19,6 +19,7 @@ INTROSPECTION_PATH = "/oauth2/introspect"
 REVOCATION_PATH = "/oauth2/revoke"
 FEED_PATH = "/revocations"
 ADMIN_REVOCATIONS_PATH = "/admin/revocations"
+USAGE_PATH = "/usage"
 JWKS_PATH = "/.well-known/jwks.json"
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 
@@ -46,6 +47,7 @@ def metadata(issuer: str, signing_alg: str, scopes: frozenset[str]) -> dict[str,
         "revocation_endpoint": issuer + REVOCATION_PATH,
         "issue_endpoint": issuer + ISSUE_PATH,
         "revocation_feed_endpoint": issuer + FEED_PATH,
+        "usage_endpoint": issuer + USAGE_PATH,
         "response_types_supported": [],
         "grant_types_supported": list(GRANT_TYPES),
         "token_endpoint_auth_methods_supported": list(AGENT_AUTH_METHODS),

@@ -25,6 +25,7 @@ from deputy.oauth.endpoints import (
     METADATA_PATH,
     REVOCATION_PATH,
     TOKEN_PATH,
+    USAGE_PATH,
     metadata,
 )
 from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error, respond
@@ -134,6 +135,7 @@ def create_app(broker: Broker, clock: Clock) -> Router:
         workloads=broker.workloads,
         introspection=broker.introspection,
         revocations=broker.revocations,
+        usage=broker.usage,
         clients=broker.clients,
         dpop=DpopBinding((), "POST", broker.settings.issuer + TOKEN_PATH, broker.dpop),
         new_request_id=lambda r: request_id(
@@ -193,6 +195,7 @@ def create_app(broker: Broker, clock: Clock) -> Router:
             oauth.endpoint(ADMIN_REVOCATIONS_PATH, oauth.admin_revoke),
             methods=["POST"],
         ),
+        Route(USAGE_PATH, oauth.endpoint(USAGE_PATH, oauth.usage), methods=["POST"]),
         Route(JWKS_PATH, jwks, methods=["GET"]),
         Route(METADATA_PATH, oauth_metadata, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -1,4 +1,5 @@
-"""The OAuth endpoints: token, introspection, revocation, the revocation feed and the admin API."""
+"""The OAuth endpoints: token, introspection, revocation, the revocation feed, the admin API
+and usage reports."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ from deputy.service.issuance import (
 )
 from deputy.service.request import decode_json_body
 from deputy.service.revocation import Revocations
+from deputy.service.usage import Reporter, UsageReports, parse_uses
+
+MAX_USAGE_BYTES = 256 * 1024
 
 _log = logging.getLogger(__name__)
 Handler = Callable[[Request, RequestContext], Awaitable[tuple[int, Any, dict[str, str]]]]
@@ -111,6 +115,7 @@ class OAuthEndpoints:
         workloads: WorkloadVerifier,
         introspection: Introspection,
         revocations: Revocations,
+        usage: UsageReports,
         clients: ClientAuthenticator,
         dpop: DpopBinding,
         new_request_id: Callable[[Request], str],
@@ -120,6 +125,7 @@ class OAuthEndpoints:
         self._workloads = workloads
         self._introspection = introspection
         self._revocations = revocations
+        self._usage = usage
         self._clients = clients
         self._dpop = dpop
         self._request_id = new_request_id
@@ -213,9 +219,7 @@ class OAuthEndpoints:
         HTTP Basic only (the body is JSON), and only ``application/json``, which a browser
         cannot send across origins without a preflight.
         """
-        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media != "application/json":
-            raise InvalidRequest("the body must be application/json")
+        _require_json(request)
         client = await self._client(request, Form({}))
         if not client.admin:
             raise UnauthorizedClient("this client is not an admin client")
@@ -225,6 +229,23 @@ class OAuthEndpoints:
             selector, value, requested_by=f"client:{client.name}", context=context, reason=reason
         )
         return 200, outcome.body(), {}
+
+    async def usage(
+        self, request: Request, context: RequestContext
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Uses of credentials reported by a configured client (HTTP Basic, JSON only)."""
+        _require_json(request)
+        client = await self._client(request, Form({}))
+        body = decode_json_body(await limited_body(request, MAX_USAGE_BYTES), MAX_USAGE_BYTES)
+        reporter = Reporter(client.name, client.audiences, client.admin)
+        outcome = await self._usage.report(parse_uses(body), reporter=reporter, context=context)
+        return 200, outcome.body(), {}
+
+
+def _require_json(request: Request) -> None:
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise InvalidRequest("the body must be application/json")
 
 
 def _kill_order(body: object) -> tuple[str, str, str | None]:

@@ -37,6 +37,7 @@ from deputy.service.context import RequestContext
 from deputy.service.introspection import Introspection
 from deputy.service.issuance import IssuanceService
 from deputy.service.revocation import RevocationOutcome, Revocations
+from deputy.service.usage import UsageReports
 from deputy.store.key_files import KEYS_DIR, FileKeyStore
 from deputy.store.sqlite.audit import open_audit_log
 from deputy.store.sqlite.audit_process import ProcessAuditLog
@@ -67,6 +68,7 @@ class Broker:
     introspection: Introspection
     clients: ClientAuthenticator
     dpop: DpopVerifier
+    usage: UsageReports
 
     async def start(self) -> None:
         """Prime every configured key set so the first requests need no fetch."""
@@ -218,6 +220,7 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
         introspection=Introspection(credentials, revocations),
         clients=clients,
         dpop=DpopVerifier(clock, ReplayCache(clock)),
+        usage=UsageReports(ledger=reader, audit=audit, clock=clock, ids=ids),
     )
 
 

@@ -149,10 +149,10 @@ def _reject_constant(name: str) -> object:
 _DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
 
 
-def decode_json_body(raw: bytes) -> object:
+def decode_json_body(raw: bytes, limit: int = MAX_BODY_BYTES) -> object:
     """Strict JSON (RFC 8259 §8.1: UTF-8): bounded size, no duplicate members or runaway nesting."""
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"the body exceeds {MAX_BODY_BYTES} bytes")
+    if len(raw) > limit:
+        raise InvalidRequest(f"the body exceeds {limit} bytes")
     try:
         return _DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -1,4 +1,5 @@
-"""Protecting an API with Deputy credentials: verifier, ASGI middleware, logging helper.
+"""Protecting an API with Deputy credentials: verifier, ASGI middleware, logging helper,
+usage reporting.
 
 Bearer and DPoP-bound (RFC 9449) credentials are both accepted, each only as what it is.
 
@@ -13,6 +14,7 @@ from deputy.sdk.resource.credential import VerifiedCredential
 from deputy.sdk.resource.discovery import BrokerMetadata
 from deputy.sdk.resource.dpop import DpopNonces, DpopRejected, request_url
 from deputy.sdk.resource.logging import DeputyLogFilter, current_credential
+from deputy.sdk.resource.usage import UsageReporter
 from deputy.sdk.resource.verifier import DeputyVerifier
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "DeputyVerifier",
     "DpopNonces",
     "DpopRejected",
+    "UsageReporter",
     "VerifiedCredential",
     "bearer_token",
     "current_credential",

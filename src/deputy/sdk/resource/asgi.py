@@ -19,6 +19,7 @@ from deputy.sdk.resource.challenge import (
 from deputy.sdk.resource.credential import VerifiedCredential
 from deputy.sdk.resource.dpop import public_base, request_url
 from deputy.sdk.resource.logging import bound_credential
+from deputy.sdk.resource.usage import UsageReporter
 from deputy.sdk.resource.verifier import DeputyVerifier
 
 Scope = MutableMapping[str, Any]
@@ -58,6 +59,11 @@ class DeputyAuthMiddleware:
     DeputyLogFilter` while the request runs. Paths in ``exempt_paths`` (exact match) pass
     without a credential. On ASGI lifespan startup the verifier is started, and closed at
     shutdown.
+
+    With ``usage``, each HTTP request let through is reported to the broker as one use of
+    its credential: operation ``"<METHOD> <route path>"`` (the route's template when the
+    app's router names one, else the raw path), outcome the response status (500 if the app
+    failed before answering). The reporter is started and closed with the lifespan too.
     """
 
     def __init__(
@@ -72,8 +78,10 @@ class DeputyAuthMiddleware:
         scopes_supported: Iterable[str] | None = None,
         resource_name: str | None = None,
         public_url: str | None = None,
+        usage: UsageReporter | None = None,
     ) -> None:
         self.app = app
+        self.usage = usage
         self.verifier = verifier
         self.required_scopes = tuple(required_scopes)
         self.exempt_paths = frozenset(exempt_paths)
@@ -138,7 +146,37 @@ class DeputyAuthMiddleware:
             CHALLENGES_KEY: self.challenges,
         }
         with bound_credential(credential):
-            await self.app(inner, receive, self._with_nonce(send, proofs))
+            if self.usage is None or kind != "http":
+                await self.app(inner, receive, self._with_nonce(send, proofs))
+            else:
+                await self._reported(
+                    inner, receive, self._with_nonce(send, proofs), credential, self.usage
+                )
+
+    async def _reported(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        credential: VerifiedCredential,
+        usage: UsageReporter,
+    ) -> None:
+        """Run the app, then report the use with the status it answered."""
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message.get("type") == "http.response.start":
+                status = int(message.get("status", 500))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            # The router fills in the matched route on the scope it was handed.
+            route = getattr(scope.get("route"), "path", None)
+            path = route if isinstance(route, str) else scope.get("path", "")
+            usage.report(credential, f"{scope.get('method', 'GET')} {path}", status)
 
     def _with_nonce(self, send: Send, proofs: list[str]) -> Send:
         """``send``, adding the current ``DPoP-Nonce`` to the answer to a DPoP request when
@@ -189,10 +227,14 @@ class DeputyAuthMiddleware:
             message = await receive()
             if message.get("type") == "lifespan.startup":
                 await self.verifier.start()
+                if self.usage is not None:
+                    await self.usage.start()
             return message
 
         async def send_and_close(message: Message) -> None:
             if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                if self.usage is not None:
+                    await self.usage.aclose()
                 await self.verifier.aclose()
             await send(message)
 

@@ -8,7 +8,7 @@ import json
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from deputy.store.sqlite.audit_tables import (
     READ_HEAD,
     RECORD_ROWS_SQL,
     REVOCATION_ROWS_SQL,
+    USE_ROWS_SQL,
     RowChecker,
     head_from_row,
     select_export,
@@ -85,6 +86,7 @@ class SqliteAuditReader:
                     verifier,
                     conn.execute(CREDENTIAL_ROWS_SQL),
                     conn.cursor().execute(REVOCATION_ROWS_SQL),
+                    conn.cursor().execute(USE_ROWS_SQL),
                 )
                 for row in conn.execute(RECORD_ROWS_SQL):
                     if not checker.check(row):
@@ -142,6 +144,11 @@ class SqliteAuditReader:
             return None
         tool, expires_at, body = rows[0]
         data = json.loads(body)
+        audiences = [
+            c.get("audience")
+            for c in data.get("credentials") or ()
+            if isinstance(c, dict) and c.get("jti") == jti
+        ]
         return LedgerEntry(
             jti=jti,
             tool=tool,
@@ -154,7 +161,34 @@ class SqliteAuditReader:
             execution_id=data.get("execution_id"),
             workload_id=data.get("workload_id"),
             may_act=data.get("may_act"),
+            audience=audiences[0] if audiences else None,
         )
+
+    def uses_of(self, jtis: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The reported uses of each credential in ``jtis``, in time order (index on jti)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        sql = (
+            "SELECT jti, operation, outcome, time, reported_by, seq FROM uses"
+            " WHERE jti = ? ORDER BY time, id"
+        )
+        with closing(self._reader()) as conn:
+            try:
+                for jti in dict.fromkeys(jtis):
+                    found[jti] = [
+                        {
+                            "operation": operation,
+                            "outcome": outcome,
+                            "time": time,
+                            "reported_by": reported_by,
+                            "seq": seq,
+                        }
+                        for _, operation, outcome, time, reported_by, seq in conn.execute(
+                            sql, (jti,)
+                        )
+                    ]
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(UNAVAILABLE) from exc
+        return found
 
     async def live(self, selector: str, value: str, now: float) -> LiveCredentials:
         """Unexpired credentials whose record (or, for ``jti``, which itself) ``selector`` names."""

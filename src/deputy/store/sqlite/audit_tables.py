@@ -11,7 +11,7 @@ from typing import Any
 from deputy.audit.chain import ChainHead, ChainVerifier
 from deputy.audit.log import AuditFilter
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = (
     "CREATE TABLE records ("
@@ -39,7 +39,17 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         " value TEXT NOT NULL, issued_before INTEGER NOT NULL, expires_at INTEGER NOT NULL)",
         "CREATE INDEX revocations_expires_at ON revocations (expires_at)",
     ),
+    2: (
+        "CREATE TABLE uses ("
+        " id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, jti TEXT NOT NULL,"
+        " operation TEXT NOT NULL, outcome INTEGER NOT NULL, time REAL NOT NULL,"
+        " reported_by TEXT)",
+        "CREATE INDEX uses_jti ON uses (jti, time)",
+    ),
 }
+INSERT_USE = (
+    "INSERT INTO uses (seq, jti, operation, outcome, time, reported_by) VALUES (?, ?, ?, ?, ?, ?)"
+)
 INSERT_REVOCATION = (
     "INSERT INTO revocations (seq, selector, value, issued_before, expires_at)"
     " VALUES (?, ?, ?, ?, ?)"
@@ -94,6 +104,8 @@ CREDENTIAL_ROWS_SQL = (
 REVOCATION_ROWS_SQL = (
     "SELECT seq, selector, value, issued_before, expires_at FROM revocations ORDER BY seq, id"
 )
+
+USE_ROWS_SQL = "SELECT seq, jti, operation, outcome, time, reported_by FROM uses ORDER BY seq, id"
 
 
 # The first seq at or after a time, from the time index alone (a covering range scan): without
@@ -198,10 +210,12 @@ class RowChecker:
         verifier: ChainVerifier,
         credential_rows: Iterable[tuple[Any, ...]],
         revocation_rows: Iterable[tuple[Any, ...]] = (),
+        use_rows: Iterable[tuple[Any, ...]] = (),
     ) -> None:
         self._verifier = verifier
         self._credentials = _DerivedRows(credential_rows, "credential")
         self._revocations = _DerivedRows(revocation_rows, "revocation of")
+        self._uses = _DerivedRows(use_rows, "use of")
         self._last_seq = 0
 
     def check(self, row: tuple[Any, ...]) -> bool:
@@ -222,6 +236,7 @@ class RowChecker:
             self._column_problem(seq, data, row[4:])
             or self._credential_problem(seq, data)
             or self._revocation_problem(seq, data)
+            or self._use_problem(seq, data)
         )
         if problem is not None:
             self._verifier.fail(seq, problem)
@@ -230,7 +245,7 @@ class RowChecker:
 
     def finish(self) -> None:
         """Derived rows left over belong to no record."""
-        for rows in (self._credentials, self._revocations):
+        for rows in (self._credentials, self._revocations, self._uses):
             leftover = rows.leftover()
             if leftover is not None:
                 self._verifier.fail(
@@ -276,6 +291,20 @@ class RowChecker:
             expected[tuple(revocation.get(n) for n in names)] += 1
         if stored != expected:
             return f"revocation rows of record {seq} do not match its hashed body"
+        return None
+
+    def _use_problem(self, seq: int, data: dict[str, Any]) -> str | None:
+        stored, problem = self._uses.take(seq)
+        if problem is not None:
+            return problem
+        expected: Counter[tuple[Any, ...]] = Counter()
+        for use in data.get("uses") or ():
+            if not isinstance(use, dict):
+                return f"record {seq} body holds a malformed use"
+            names = ("jti", "operation", "outcome", "time")
+            expected[(*(use.get(n) for n in names), data.get("requested_by"))] += 1
+        if stored != expected:
+            return f"use rows of record {seq} do not match its hashed body"
         return None
 
 

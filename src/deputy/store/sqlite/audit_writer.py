@@ -17,6 +17,7 @@ from deputy.store.sqlite.audit_tables import (
     INSERT_CREDENTIAL,
     INSERT_RECORD,
     INSERT_REVOCATION,
+    INSERT_USE,
     MIGRATIONS,
     READ_HEAD,
     SCHEMA,
@@ -143,6 +144,7 @@ class SqliteAuditWriter:
             records: list[tuple[Any, ...]] = []
             credentials: list[tuple[Any, ...]] = []
             revocations: list[tuple[Any, ...]] = []
+            uses: list[tuple[Any, ...]] = []
             logged_at = self._clock.now()
             for index, record in enumerate(batch):
                 try:
@@ -186,6 +188,10 @@ class SqliteAuditWriter:
                     revocations.append(
                         (seq, r["selector"], r["value"], r["issued_before"], r["expires_at"])
                     )
+                uses.extend(
+                    (seq, u["jti"], u["operation"], u["outcome"], u["time"], record.requested_by)
+                    for u in record.uses
+                )
             if records:
                 # One statement per table and batch: every step releases and retakes the GIL.
                 conn.execute(insert_rows(INSERT_RECORD, len(records)), _flat(records))
@@ -195,6 +201,8 @@ class SqliteAuditWriter:
                     )
                 if revocations:
                     conn.executemany(INSERT_REVOCATION, revocations)
+                if uses:
+                    conn.executemany(INSERT_USE, uses)
                 head = ChainHead.sign(self._head_key, seq, prev_hash)
                 conn.execute(WRITE_HEAD, (head.seq, head.hash, head.mac))
             conn.execute("COMMIT")
