@@ -223,4 +223,7 @@ def test_drift_reports_unissued_grants_and_a_narrower_policy(tmp_path: Path) -> 
         "credentials": 1,
         "unissued_tools": ["pricing_api", "ticketing_api"],
         "unissued_scopes": {},
+        "unused_tools": [],
     }
+    assert document["uses_reported"] is False
+    assert "(no API reported uses in the window: drift counts issuance only)" in lines

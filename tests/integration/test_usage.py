@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import pytest
 from fastapi import FastAPI
 from typer.testing import CliRunner
@@ -88,8 +89,6 @@ def use(jti: str, **overrides: Any) -> dict[str, Any]:
 
 
 def jti_of(credential: dict[str, Any]) -> str:
-    import jwt as pyjwt
-
     claims = pyjwt.decode(credential["access_token"], options={"verify_signature": False})
     return str(claims["jti"])
 
@@ -285,3 +284,21 @@ def test_every_timeline_field_is_escaped() -> None:
     assert len(lines) == 4
     for line in lines:
         assert line.isprintable() and "\\n#9 forged\\u2028\\x1b[2J" in line
+
+
+async def test_drift_names_what_was_issued_but_never_used(
+    deployment: Deployment, broker: Broker, reporter: UsageReporter, api: httpx.AsyncClient
+) -> None:
+    _, client = broker
+    both = alice_credential(deployment, client, resource=[CRM, "https://tickets.internal"])
+    crm = both["credentials"]["customer_data_api"]["access_token"]
+    assert (await api.get("/accounts/42", headers={"Authorization": f"Bearer {crm}"})).is_success
+    assert await reporter.flush() is True
+    result = CliRunner().invoke(
+        cli, ["drift", "--config", str(deployment.config_path), "--since", "1h"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "workflow customer-support: 2 credentials; tool pricing_api never issued; "
+        "tool ticketing_api issued but never used"
+    ) in result.output.splitlines()

@@ -18,26 +18,37 @@ from deputy.cli.audit import parse_since
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
 from deputy.config.loader import parse_settings
 from deputy.errors import ConfigError
-from deputy.policy.drift import Issued, WorkflowDrift, drift
+from deputy.policy.drift import Issued, Used, WorkflowDrift, drift
 from deputy.policy.model import Policy, policy_from_settings
 from deputy.store.sqlite.audit_reader import DB_FILE, open_audit_reader
 
 _ALL = 2**62
 
 
-def issued_since(data_dir: Path, since: float) -> list[Issued]:
-    """Every credential issued since ``since``, as the audit log records it."""
+def activity_since(data_dir: Path, since: float) -> tuple[list[Issued], list[Used] | None]:
+    """Every credential issued since ``since``, and the reported uses of them (``None`` when
+    no API reported any use in the window), as the audit log records them."""
     if not (data_dir / DB_FILE).exists():
-        return []
-    out: list[Issued] = []
+        return [], None
+    issued: list[Issued] = []
+    workflow_of: dict[str, str] = {}
+    uses: list[tuple[str, str]] = []
+    reports = False
     for stored in open_audit_reader(data_dir).query(AuditFilter(since=since, limit=_ALL)):
         record = stored.record
+        if record.get("outcome") == "usage":
+            reports = True
+            uses += [(str(u.get("jti")), str(u.get("tool"))) for u in record.get("uses") or ()]
+            continue
         workflow = record.get("workflow")
         if record.get("outcome") != "allow" or not isinstance(workflow, str):
             continue
         for c in record.get("credentials") or ():
-            out.append(Issued(workflow, str(c["tool"]), frozenset(str(c["scope"]).split())))
-    return out
+            issued.append(Issued(workflow, str(c["tool"]), frozenset(str(c["scope"]).split())))
+            workflow_of[str(c["jti"])] = workflow
+    if not reports:
+        return issued, None
+    return issued, [Used(workflow_of[j], tool) for j, tool in uses if j in workflow_of]
 
 
 def suggested(document: dict[str, Any], policy: Policy, report: list[WorkflowDrift]) -> Any:
@@ -47,10 +58,10 @@ def suggested(document: dict[str, Any], policy: Policy, report: list[WorkflowDri
     for entry in report:
         if not entry.drifted or entry.workflow not in workflows:
             continue
-        if entry.credentials == 0:
+        tools = entry.narrowed_tools(policy.workflows[entry.workflow].tools)
+        if entry.credentials == 0 or not tools:
             del workflows[entry.workflow]
             continue
-        tools = entry.narrowed_tools(policy.workflows[entry.workflow].tools)
         section = workflows[entry.workflow]
         section["tools"] = tools
         categories = {policy.tools[t].category for t in tools}
@@ -75,12 +86,13 @@ def drift_command(
     ] = "30d",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Tools and scopes granted by policy but never issued in the window, and a narrower
-    policy as a diff of the config file. (Counts issuance; uses are not reported yet.)"""
+    """Tools and scopes granted by policy but never issued in the window, tools issued but
+    never used (when APIs report uses), and a narrower policy as a diff of the config file."""
     settings = load_or_exit(config)
     policy = policy_from_settings(settings)
     start = parse_since(since, time.time())
-    report = drift(policy, issued_since(settings.data_dir, start))
+    issued, used = activity_since(settings.data_dir, start)
+    report = drift(policy, issued, used)
     document = yaml.safe_load(config.read_text(encoding="utf-8"))
     proposal = suggested(document, policy, report)
     try:
@@ -102,9 +114,11 @@ def drift_command(
                             "credentials": e.credentials,
                             "unissued_tools": list(e.unissued_tools),
                             "unissued_scopes": {t: list(s) for t, s in e.unissued_scopes.items()},
+                            "unused_tools": list(e.unused_tools),
                         }
                         for e in report
                     ],
+                    "uses_reported": used is not None,
                     "suggested_diff": diff,
                     "suggestion_valid": valid,
                 },
@@ -114,14 +128,18 @@ def drift_command(
         return
     for e in report:
         if not e.drifted:
-            typer.echo(f"workflow {e.workflow}: {_count(e.credentials)}; every grant used")
+            every = "every grant issued" + (" and used" if used is not None else "")
+            typer.echo(f"workflow {e.workflow}: {_count(e.credentials)}; {every}")
             continue
         if e.credentials == 0:
             typer.echo(f"workflow {e.workflow}: no credential issued in the window")
             continue
         parts = [f"tool {t} never issued" for t in e.unissued_tools]
         parts += [f"{t} scopes {' '.join(s)} never issued" for t, s in e.unissued_scopes.items()]
+        parts += [f"tool {t} issued but never used" for t in e.unused_tools]
         typer.echo(f"workflow {e.workflow}: {_count(e.credentials)}; " + "; ".join(parts))
+    if used is None:
+        typer.echo("(no API reported uses in the window: drift counts issuance only)")
     if not diff:
         typer.echo("no narrower policy to suggest")
         return

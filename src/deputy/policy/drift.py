@@ -18,6 +18,14 @@ class Issued:
 
 
 @dataclass(frozen=True, slots=True)
+class Used:
+    """One reported use of a credential issued under ``workflow`` for ``tool``."""
+
+    workflow: str
+    tool: str
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowDrift:
     """A workflow's grants that went unused in the window."""
 
@@ -25,37 +33,49 @@ class WorkflowDrift:
     credentials: int  # issued under it in the window
     unissued_tools: tuple[str, ...]  # granted, never issued
     unissued_scopes: Mapping[str, tuple[str, ...]]  # tool -> granted scopes never issued
+    unused_tools: tuple[str, ...] = ()  # issued, but no use reported (when uses are reported)
 
     @property
     def drifted(self) -> bool:
-        return bool(self.unissued_tools or self.unissued_scopes)
+        return bool(self.unissued_tools or self.unissued_scopes or self.unused_tools)
 
     def narrowed_tools(self, granted: Mapping[str, frozenset[str]]) -> dict[str, list[str]]:
-        """The workflow's ``tools`` with only what was issued (the suggested policy)."""
+        """The workflow's ``tools`` with only what was issued and used (the suggestion)."""
         return {
             tool: sorted(scopes - set(self.unissued_scopes.get(tool, ())))
             for tool, scopes in granted.items()
-            if tool not in self.unissued_tools
+            if tool not in self.unissued_tools and tool not in self.unused_tools
         }
 
 
-def drift(policy: Policy, issued: Iterable[Issued]) -> list[WorkflowDrift]:
-    """Per workflow (in policy order), the tools and scopes granted but never issued."""
-    used: dict[str, dict[str, set[str]]] = {name: {} for name in policy.workflows}
+def drift(
+    policy: Policy, issued: Iterable[Issued], used: Iterable[Used] | None = None
+) -> list[WorkflowDrift]:
+    """Per workflow (in policy order), the tools and scopes granted but never issued, and,
+    when APIs report uses (``used`` given), the tools issued but never used."""
+    reported: dict[str, set[str]] | None = None
+    if used is not None:
+        reported = {}
+        for use in used:
+            reported.setdefault(use.workflow, set()).add(use.tool)
+    seen_by: dict[str, dict[str, set[str]]] = {name: {} for name in policy.workflows}
     counts = dict.fromkeys(policy.workflows, 0)
     for credential in issued:
-        if credential.workflow not in used:
+        if credential.workflow not in seen_by:
             continue  # a workflow since removed from the policy
         counts[credential.workflow] += 1
-        used[credential.workflow].setdefault(credential.tool, set()).update(credential.scopes)
+        seen_by[credential.workflow].setdefault(credential.tool, set()).update(credential.scopes)
     report: list[WorkflowDrift] = []
     for name, workflow in policy.workflows.items():
-        seen = used[name]
+        seen = seen_by[name]
         unissued_tools = tuple(sorted(t for t in workflow.tools if t not in seen))
         unissued_scopes = {
             tool: tuple(sorted(granted - seen[tool]))
             for tool, granted in sorted(workflow.tools.items())
             if tool in seen and granted - seen[tool]
         }
-        report.append(WorkflowDrift(name, counts[name], unissued_tools, unissued_scopes))
+        unused: tuple[str, ...] = ()
+        if reported is not None:
+            unused = tuple(sorted(t for t in seen if t not in reported.get(name, set())))
+        report.append(WorkflowDrift(name, counts[name], unissued_tools, unissued_scopes, unused))
     return report

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deputy.policy.drift import Issued, drift
+from deputy.policy.drift import Issued, Used, drift
 from deputy.policy.model import Policy, Tool, Workflow
 
 CRM = Tool("crm", "https://crm.internal", "customer-data", frozenset({"read", "write"}))
@@ -43,3 +43,15 @@ def test_every_grant_used_is_no_drift() -> None:
         Issued("billing", "crm", frozenset({"read"})),
     ]
     assert [e.drifted for e in drift(POLICY, issued)] == [False, False]
+
+
+def test_issued_but_never_used_when_uses_are_reported() -> None:
+    issued = [
+        Issued("support", "crm", frozenset({"read", "write"})),
+        Issued("support", "pricing", frozenset({"rates"})),
+    ]
+    support, _ = drift(POLICY, issued, [Used("support", "crm")])
+    assert support.unused_tools == ("pricing",) and support.drifted
+    assert support.narrowed_tools(SUPPORT.tools) == {"crm": ["read", "write"]}
+    # Without any use reported, nothing is called unused.
+    assert drift(POLICY, issued)[0].unused_tools == ()
