@@ -628,6 +628,9 @@ async def test_uses_are_read_back_per_credential_in_time_order(db: Path) -> None
         {"jti": "j"},
         {"since": T0},
         {"user_id": "u", "since": T0},
+        {"before_seq": 10, "newest_first": True},
+        {"user_id": "u", "before_seq": 10, "newest_first": True},
+        {"since": T0, "before_seq": 10, "newest_first": True},
     ],
     ids=lambda f: ",".join(f),
 )
@@ -641,6 +644,15 @@ def test_queries_use_an_index_and_need_no_sort(log: SqliteAuditLog, db: Path, fi
     finally:
         conn.close()
     assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), plan
+
+
+async def test_pages_run_newest_first_below_a_cursor(log: SqliteAuditLog) -> None:
+    for i in range(1, 7):
+        await log.append(make_record(i, time=T0 + i))
+    assert seqs(log, newest_first=True, limit=2) == [6, 5]
+    assert seqs(log, newest_first=True, before_seq=5, limit=2) == [4, 3]
+    assert seqs(log, before_seq=3) == [1, 2]
+    assert seqs(log, since=T0 + 2, newest_first=True, before_seq=4) == [3, 2]
 
 
 async def test_since_finds_a_late_record_by_its_time(log: SqliteAuditLog) -> None:

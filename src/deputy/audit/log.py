@@ -20,6 +20,8 @@ class AuditFilter:
     user_id: str | None = None
     jti: str | None = None
     since: float | None = None
+    before_seq: int | None = None  # only records with a lower seq (a page cursor)
+    newest_first: bool = False
     limit: int = 1000
 
 

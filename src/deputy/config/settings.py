@@ -96,6 +96,12 @@ class ServerSettings(_Strict):
     port: Annotated[StrictInt, Field(ge=0, le=65535)] = 8080
 
 
+class ConsoleSettings(_Strict):
+    """The admin web console at ``/console``; not routed unless enabled."""
+
+    enabled: bool = False
+
+
 class Settings(_Strict):
     issuer: StrictStr
     data_dir: Path
@@ -106,6 +112,7 @@ class Settings(_Strict):
     clients: dict[Name, ClientSettings] = {}
     max_delegation_depth: Annotated[StrictInt, Field(ge=1, le=MAX_DELEGATION_DEPTH)] = 4
     server: ServerSettings = ServerSettings()
+    console: ConsoleSettings = ConsoleSettings()
     signing_alg: Literal["ES256", "ES384", "PS256", "RS256"] = "ES256"
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""The ASGI app: /issue, the OAuth endpoints, JWKS, metadata and health."""
+"""The ASGI app: /issue, the OAuth endpoints, JWKS, metadata, health and the console."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from deputy.oauth.endpoints import (
     USAGE_PATH,
     metadata,
 )
+from deputy.server.console import Console
 from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error, respond
 from deputy.server.oauth import OAuthEndpoints
 from deputy.server.wiring import Broker
@@ -200,4 +201,6 @@ def create_app(broker: Broker, clock: Clock) -> Router:
         Route(METADATA_PATH, oauth_metadata, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
+    if broker.settings.console.enabled:
+        routes += Console(broker).routes()
     return Router(routes=routes, lifespan=lifespan)

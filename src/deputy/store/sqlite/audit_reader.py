@@ -100,6 +100,16 @@ class SqliteAuditReader:
             checker.finish()
         return verifier.finish(head)
 
+    def decision(self, decision_id: str) -> StoredRecord | None:
+        """The record of ``decision_id`` (unique index), or ``None``."""
+        rows = self._rows(
+            "SELECT seq, body, prev_hash, hash FROM records WHERE decision_id = ?", (decision_id,)
+        )
+        if not rows:
+            return None
+        seq, body, prev_hash, hash_ = rows[0]
+        return StoredRecord(seq=seq, record=json.loads(body), prev_hash=prev_hash, hash=hash_)
+
     def committed(self, decision_id: str) -> bool:
         """Whether the record of ``decision_id`` is in the log."""
         with closing(self._reader()) as conn:

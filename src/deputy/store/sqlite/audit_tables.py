@@ -121,7 +121,7 @@ _UNTIL = (
 
 
 def select_records(audit_filter: AuditFilter) -> tuple[str, list[Any]]:
-    """The SQL and parameters that select a filter's records in seq order."""
+    """The SQL and parameters that select a filter's records in seq order (or newest first)."""
     clauses: list[str] = []
     params: list[Any] = []
     for column in _EQUALITY_FILTERS:
@@ -135,10 +135,14 @@ def select_records(audit_filter: AuditFilter) -> tuple[str, list[Any]]:
     if audit_filter.since is not None:
         clauses.append(_SINCE)
         params += [audit_filter.since, audit_filter.since]
+    if audit_filter.before_seq is not None:
+        clauses.append("seq < ?")
+        params.append(audit_filter.before_seq)
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
     params.append(max(audit_filter.limit, 0))
+    order = " ORDER BY seq DESC LIMIT ?" if audit_filter.newest_first else " ORDER BY seq LIMIT ?"
     # Only fixed column names are interpolated; every value is a bound parameter.
-    sql = "SELECT seq, body, prev_hash, hash FROM records" + where + " ORDER BY seq LIMIT ?"  # noqa: S608
+    sql = "SELECT seq, body, prev_hash, hash FROM records" + where + order  # noqa: S608
     return sql, params
 
 
