@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 import time
 from types import TracebackType
 
 import httpx
-import uvicorn
 
 from deputy.clock import Clock, SystemClock
 from deputy.config.settings import Settings
+from deputy.devtools.served import LoopbackServer
 from deputy.server.app import create_app
 from deputy.server.wiring import build_broker
 
@@ -25,22 +22,12 @@ class BrokerThread:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
         self.broker = build_broker(settings, self.clock)
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(self.broker, self.clock), log_level="warning", access_log=False
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, name="deputy-broker", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.run(self._server.serve(sockets=[self._sock]))
+        self._server = LoopbackServer(create_app(self.broker, self.clock), name="deputy-broker")
+        self.url = self._server.url
+        self.port: int = int(self.url.rsplit(":", 1)[1])
 
     def __enter__(self) -> BrokerThread:
-        self._thread.start()
+        self._server.__enter__()
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             try:
@@ -48,7 +35,7 @@ class BrokerThread:
                     return self
             except httpx.TransportError:
                 pass
-            if not self._thread.is_alive():
+            if not self._server.alive:
                 break
             time.sleep(0.05)
         self.__exit__(None, None, None)
@@ -60,6 +47,4 @@ class BrokerThread:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
+        self._server.__exit__(exc_type, exc, tb)

@@ -44,6 +44,10 @@ class LoopbackServer:
     def _run(self) -> None:
         asyncio.run(self._server.serve(sockets=[self._sock]))
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def __enter__(self) -> LoopbackServer:
         self._thread.start()
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,13 +72,29 @@ class FileKeySource:
         return f"FileKeySource({str(self._path)!r})"
 
 
-async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
-    """GET one JSON object: no redirects, 200 only, body capped at MAX_DOCUMENT_BYTES."""
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One answer to a GET: 200 with a JSON object, or 304 with no document."""
+
+    status: int
+    document: dict[str, Any] | None
+    etag: str | None
+
+
+async def get_json(
+    client: httpx.AsyncClient, url: str, *, if_none_match: str | None = None
+) -> Fetched:
+    """GET one JSON object: no redirects, 200 (or 304 when revalidating), body capped at
+    MAX_DOCUMENT_BYTES; anything else is a :class:`KeySourceError`."""
+    headers = {"Accept": "application/json"}
+    if if_none_match is not None:
+        headers["If-None-Match"] = if_none_match
     body = bytearray()
     try:
-        async with client.stream(
-            "GET", url, follow_redirects=False, headers={"Accept": "application/json"}
-        ) as response:
+        async with client.stream("GET", url, follow_redirects=False, headers=headers) as response:
+            etag = response.headers.get("etag")
+            if response.status_code == 304 and if_none_match is not None:
+                return Fetched(304, None, etag or if_none_match)
             if response.status_code != 200:
                 raise KeySourceError(f"{url}: answered HTTP {response.status_code}")
             declared = response.headers.get("content-length", "")
@@ -89,7 +106,13 @@ async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
                     raise KeySourceError(f"{url}: body larger than {MAX_DOCUMENT_BYTES} bytes")
     except httpx.HTTPError as exc:
         raise KeySourceError(f"{url}: {type(exc).__name__}") from None
-    return _parse(bytes(body), url)
+    return Fetched(200, _parse(bytes(body), url), etag)
+
+
+async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    document = (await get_json(client, url)).document
+    assert document is not None  # a 304 needs If-None-Match, not sent here
+    return document
 
 
 class UrlKeySource:

@@ -110,16 +110,15 @@ class KeyRing:
         return usable[-1]
 
     def jwks(self) -> dict[str, Any]:
-        """Every key that is published: upcoming, active, and retired ones still in use."""
+        """Every key that is published: upcoming, active, and retired ones still in use.
+
+        The same document object while the published keys stay the same, so whoever builds
+        something from it (a verifier's key set) can reuse that until it changes.
+        """
         now = self._clock.now()
-        if any(k.publish_until is not None and k.publish_until <= now for k in self._keys):
-            return {
-                "keys": [
-                    k.public_jwk()
-                    for k in self._keys
-                    if k.publish_until is None or k.publish_until > now
-                ]
-            }
+        published = [k for k in self._keys if k.publish_until is None or k.publish_until > now]
+        if len(published) != len(self._jwks["keys"]):
+            self._jwks = {"keys": [k.public_jwk() for k in published]}
         return self._jwks
 
     def rotate(self, *, activate_after: float, max_token_lifetime: float) -> SigningKey:

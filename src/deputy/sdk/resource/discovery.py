@@ -8,54 +8,24 @@ from typing import Any
 
 import httpx
 
+from deputy.identity.errors import KeySourceError
 from deputy.identity.jose import ALLOWED_ASYMMETRIC_ALGS
-from deputy.identity.strict_json import StrictJsonError, load_object
+from deputy.identity.jwks import Fetched
+from deputy.identity.jwks import get_json as fetch_json
 from deputy.sdk.errors import BrokerUnavailable
 
 WELL_KNOWN = "/.well-known/oauth-authorization-server"
-MAX_DOCUMENT_BYTES = 1024 * 1024
-MAX_DOCUMENT_DEPTH = 16
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """One answer to a GET: 200 with a JSON object, or 304 with no document."""
-
-    status: int
-    document: dict[str, Any] | None
-    etag: str | None
 
 
 async def get_json(
     client: httpx.AsyncClient, url: str, *, if_none_match: str | None = None
 ) -> Fetched:
-    """GET a JSON object: no redirects, 200 (or 304 when revalidating), body capped."""
-    headers = {"Accept": "application/json"}
-    if if_none_match is not None:
-        headers["If-None-Match"] = if_none_match
-    body = bytearray()
+    """GET a JSON object from the broker (see :func:`deputy.identity.jwks.get_json`)."""
     try:
-        async with client.stream("GET", url, headers=headers, follow_redirects=False) as response:
-            etag = response.headers.get("etag")
-            if response.status_code == 304 and if_none_match is not None:
-                return Fetched(304, None, etag or if_none_match)
-            if response.status_code != 200:
-                raise BrokerUnavailable(f"{url} answered HTTP {response.status_code}")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_DOCUMENT_BYTES:
-                raise BrokerUnavailable(f"{url}: body larger than {MAX_DOCUMENT_BYTES} bytes")
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_DOCUMENT_BYTES:
-                    raise BrokerUnavailable(f"{url}: body larger than {MAX_DOCUMENT_BYTES} bytes")
-    except httpx.HTTPError as exc:
-        raise BrokerUnavailable(f"{url}: {type(exc).__name__}") from None
-    try:
-        document = load_object(bytes(body), max_depth=MAX_DOCUMENT_DEPTH)
-    except StrictJsonError as exc:
-        raise BrokerUnavailable(f"{url}: body {exc}") from None
-    return Fetched(200, document, etag)
+        return await fetch_json(client, url, if_none_match=if_none_match)
+    except KeySourceError as exc:
+        raise BrokerUnavailable(str(exc)) from None
 
 
 def metadata_url(issuer: str) -> str:
