@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint fmt bench bench-audit clean
+.PHONY: install browser demo test lint fmt bench bench-audit clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The console's browser tests drive Debian's chromium (Playwright downloads no browser).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 demo: $(STAMP)
 	$(BIN)/deputy demo
@@ -27,7 +31,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -37,6 +41,7 @@ bench: $(STAMP)
 
 bench-audit: $(STAMP)
 	$(BIN)/python bench/audit_query_bench.py
+	$(BIN)/python bench/console_bench.py
 
 clean:
-	rm -rf $(VENV) .deputy-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) artifacts .deputy-demo .pytest_cache .mypy_cache .ruff_cache

@@ -19,7 +19,7 @@ from deputy.clock import FakeClock
 from deputy.errors import StoreUnavailable
 from deputy.store.sqlite import SqliteAuditLog, open_audit_log
 from deputy.store.sqlite.audit_reader import SqliteAuditReader
-from deputy.store.sqlite.audit_tables import MIGRATIONS, SCHEMA
+from deputy.store.sqlite.audit_tables import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 KEY = b"audit-head-key-for-tests-32bytes!"
 IDP = "https://idp.example"
@@ -52,6 +52,7 @@ def make_record(i: int, **overrides: Any) -> DecisionRecord:
             ),
         ),
         "policy_version": "v1",
+        "workflow": "code-review",
     }
     fields.update(overrides)
     return DecisionRecord(**fields)
@@ -192,6 +193,8 @@ async def test_hostile_text_round_trips_and_verifies(log: SqliteAuditLog, db: Pa
         (["DELETE FROM credentials WHERE seq = 6"], 6, "credential rows of record 6"),
         (["UPDATE credentials SET category = 'none' WHERE seq = 2"], 2, "credential rows"),
         (["UPDATE credentials SET seq = 99 WHERE seq = 10"], 10, "credential rows"),
+        (["UPDATE credentials SET scope = 'repo:admin' WHERE seq = 3"], 3, "credential rows"),
+        (["UPDATE credentials SET workflow = 'other' WHERE seq = 4"], 4, "credential rows"),
         (["UPDATE records SET body = CAST(X'FFFE00' AS TEXT) WHERE seq = 2"], 2, "edited"),
     ],
     ids=[
@@ -209,6 +212,8 @@ async def test_hostile_text_round_trips_and_verifies(log: SqliteAuditLog, db: Pa
         "delete-credential",
         "edit-credential",
         "orphan-credential",
+        "edit-credential-scope",
+        "edit-credential-workflow",
         "invalid-utf8-body",
     ],
 )
@@ -421,7 +426,7 @@ def test_empty_log_verifies_and_schema_is_versioned(log: SqliteAuditLog, db: Pat
     assert list(log.query(AuditFilter())) == [] and log.issued_counts(0) == {}
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
@@ -523,7 +528,7 @@ def test_a_version_1_store_is_migrated(db: Path) -> None:
         assert audit_log.verify().ok
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert conn.execute("SELECT COUNT(*) FROM revocations").fetchone() == (0,)
         assert conn.execute("SELECT COUNT(*) FROM uses").fetchone() == (0,)
     finally:
@@ -538,10 +543,163 @@ async def test_a_version_2_store_is_migrated_and_keeps_its_records(db: Path) -> 
         assert audit_log.verify().ok
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert conn.execute("SELECT jti, outcome FROM uses").fetchall() == [("jti-1", 200)]
     finally:
         conn.close()
+
+
+def test_schema_version_is_4_and_a_new_store_has_every_migration(db: Path, tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 4 and sorted(MIGRATIONS) == [1, 2, 3]
+    SqliteAuditLog(db, KEY).close()
+    old = tmp_path / "v3.db"
+    raw(old, *SCHEMA, *MIGRATIONS[1], *MIGRATIONS[2], "PRAGMA user_version = 3")
+    SqliteAuditLog(old, KEY).close()
+
+    def schema(path: Path) -> list[tuple[str, str]]:
+        conn = sqlite3.connect(path)
+        try:
+            return conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+        finally:
+            conn.close()
+
+    assert schema(db) == schema(old)
+    names = {name for name, _ in schema(db)}
+    assert {"record_tools", "record_tools_tool", "records_outcome", "credentials_grants"} <= names
+
+
+async def test_a_version_3_store_is_migrated_and_its_tool_rows_back_filled(db: Path) -> None:
+    records = [
+        make_record(1, tools_requested={"github": ["repo:read"], "jira": ["issues:write"]}),
+        make_record(
+            2, outcome="deny", status=403, credentials=(), tools_requested={"crm": ["a:w"]}
+        ),
+        usage_record(3, ["jti-1", "jti-1"]),
+        revocation_record(4, "exec-1"),
+        make_record(5, tools_requested={HOSTILE: ["x"]}),  # and a credential for github
+    ]
+    with SqliteAuditLog(db, KEY) as audit_log:
+        for record in records:
+            await audit_log.append(record)
+    # What a version 3 writer leaves: the same records, no tool rows, no outcome index, no
+    # workflow or scope on credential rows.
+    raw(
+        db,
+        "DROP TABLE record_tools",
+        "DROP INDEX records_outcome",
+        "DROP INDEX credentials_grants",
+        "DROP INDEX uses_seq",
+        "DROP INDEX credentials_live",
+        "ALTER TABLE credentials DROP COLUMN workflow",
+        "ALTER TABLE credentials DROP COLUMN scope",
+        "PRAGMA user_version = 3",
+    )
+
+    with SqliteAuditLog(db, KEY) as audit_log:
+        assert audit_log.verify().ok
+        await audit_log.append(make_record(6, credentials=()))
+        assert audit_log.verify().ok
+        assert seqs(audit_log, tool="github") == [1, 3, 5]
+        assert seqs(audit_log, tool=HOSTILE) == [5]
+        assert seqs(audit_log, outcome="deny") == [2]
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+        assert conn.execute("SELECT seq, tool FROM record_tools ORDER BY seq, tool").fetchall() == [
+            (1, "github"),
+            (1, "jira"),
+            (2, "crm"),
+            (3, "github"),
+            (5, HOSTILE),
+            (5, "github"),
+        ]
+        grants = conn.execute("SELECT jti, workflow, scope FROM credentials ORDER BY jti")
+        assert grants.fetchall() == [
+            ("jti-1", records[0].workflow, records[0].credentials[0].scope),
+            ("jti-5", records[4].workflow, records[4].credentials[0].scope),
+        ]
+    finally:
+        conn.close()
+
+
+def test_the_back_fill_skips_what_is_not_a_tool_and_verify_names_the_record(db: Path) -> None:
+    raw(db, *SCHEMA, *MIGRATIONS[1], *MIGRATIONS[2], "PRAGMA user_version = 3")
+    bodies = [
+        '{"tools_requested":{"a":[],"b":[]},"credentials":[{"tool":"a"},{"tool":"c"},'
+        '{"tool":5},{"tool":{"x":1}},{"jti":"j"}],"uses":[{"tool":"d"},{"tool":null}]}',
+        '{"tools_requested":["x"],"credentials":{"k":{"tool":"z"}},"uses":"u"}',
+        '{"tools_requested":{"a":[],"a":[]}}',
+        "not json",
+    ]
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        for seq, body in enumerate(bodies, 1):
+            conn.execute(
+                "INSERT INTO records (seq, decision_id, time, outcome, body, prev_hash, hash)"
+                " VALUES (?, ?, 0, 'allow', ?, '', '')",
+                (seq, f"d{seq}", body),
+            )
+    finally:
+        conn.close()
+    SqliteAuditLog(db, KEY).close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT seq, tool FROM record_tools ORDER BY seq, tool").fetchall() == [
+            (1, "a"),
+            (1, "b"),
+            (1, "c"),
+            (1, "d"),
+            (3, "a"),
+        ]
+    finally:
+        conn.close()
+
+
+def tool_record(i: int) -> DecisionRecord:
+    """Record ``i`` asks for github and jira and gets a github credential."""
+    return make_record(i, tools_requested={"github": ["repo:read"], "jira": ["issues:write"]})
+
+
+@pytest.mark.parametrize(
+    ("statements", "first_bad", "words"),
+    [
+        (["DELETE FROM record_tools WHERE seq = 3 AND tool = 'jira'"], 3, "tool rows of record 3"),
+        (["DELETE FROM record_tools WHERE seq = 4"], 4, "tool rows of record 4"),
+        (
+            ["UPDATE record_tools SET tool = 'gitlab' WHERE seq = 2 AND tool = 'github'"],
+            2,
+            "tool rows of record 2",
+        ),
+        (["UPDATE record_tools SET tool = CAST(tool AS BLOB) WHERE seq = 5"], 5, "tool rows"),
+        (
+            ["INSERT INTO record_tools (seq, tool) VALUES (4, 'payroll')"],
+            4,
+            "tool rows of record 4",
+        ),
+        (["INSERT INTO record_tools (seq, tool) VALUES (2, 'github')"], 2, "tool rows of record 2"),
+        (["UPDATE record_tools SET seq = 3 WHERE seq = 2"], 2, "tool rows of record 2"),
+        (["INSERT INTO record_tools (seq, tool) VALUES (0, 'crm')"], 1, "tool crm before record 1"),
+        (["INSERT INTO record_tools (seq, tool) VALUES (99, 'crm')"], 6, "tool crm belongs to no"),
+    ],
+    ids=[
+        "one-deleted",
+        "all-deleted",
+        "renamed",
+        "made-a-blob",
+        "added",
+        "duplicated",
+        "moved",
+        "orphan-before",
+        "orphan-after",
+    ],
+)
+async def test_tool_rows_are_checked_against_their_records(
+    db: Path, statements: list[str], first_bad: int, words: str
+) -> None:
+    report = await verify_after_tampering(db, [tool_record(i) for i in range(1, 6)], statements)
+    assert not report.ok
+    assert report.first_bad_seq == first_bad, report.problem
+    assert words in (report.problem or ""), report.problem
 
 
 def usage_record(i: int, jtis: list[str]) -> DecisionRecord:

@@ -200,3 +200,83 @@ def test_kill_switch_needs_confirmation_and_the_form_token(
     assert not active(client, token)
     bad = kill(client, {**form, "selector": "nope", "confirm": jti, "csrf": csrf(client)})
     assert bad.status_code == 400
+
+
+WORKLOAD = "spiffe://prod.example/agents/support/triage"
+
+
+def test_filters_by_tool_and_outcome(deployment: Deployment, broker: Broker) -> None:
+    _, client = broker
+    bob = deployment.idp.user_token("bob", "free")
+    assert issue(deployment, client, agent_id="crm-reader").status_code == 200
+    assert issue(deployment, client, agent_id="pricer", tools=["pricing_api"]).status_code == 200
+    denied = issue(deployment, client, agent_id="refused", user_id="bob", user_token=bob)
+    assert denied.status_code == 403
+    by_tool = page(client, "/console", tool="pricing_api").text
+    assert "pricer" in by_tool and "crm-reader" not in by_tool
+    denials = page(client, "/console", outcome="deny").text
+    assert "refused" in denials and "pricer" not in denials and "crm-reader" not in denials
+    both = page(client, "/console", outcome="deny", tool="customer_data_api").text
+    assert "refused" in both and "crm-reader" not in both
+    assert '<option value="deny" selected>' in denials
+    wrong = page(client, "/console", outcome="maybe")
+    assert wrong.status_code == 400 and "allow, deny, revoke, usage" in wrong.text
+
+
+def test_execution_page_shows_decision_credentials_and_uses(
+    deployment: Deployment, broker: Broker
+) -> None:
+    _, client = broker
+    body = issue(deployment, client).json()
+    token, run = body["credentials"]["customer_data_api"]["access_token"], body["execution_id"]
+    use = {"jti": jti_of(token), "operation": "GET /accounts/7", "outcome": 200, "time": 1.8e9}
+    assert client.post("/usage", json={"uses": [use]}, auth=CRM_AUTH).status_code == 200
+    listed = page(client, "/console").text
+    assert f'href="/console/executions/{run}"' in listed
+    timeline = page(client, f"/console/executions/{run}")
+    assert timeline.status_code == 200
+    text = timeline.text
+    assert f'href="/console/credentials/{jti_of(token)}"' in text
+    assert "GET /accounts/7" in text and "1 use(s)" in text
+    assert f'name="value" value="{run}"' in text  # the kill switch, aimed at this execution
+    assert page(client, "/console/executions/no-such").status_code == 404
+
+
+def test_blast_radius_picture_highlights_live_tools(deployment: Deployment, broker: Broker) -> None:
+    _, client = broker
+    assert issue(deployment, client).status_code == 200
+    assert page(client, "/console/blast-radius").status_code == 200  # the form alone
+    drawn = page(client, "/console/blast-radius", workload=WORKLOAD)
+    assert drawn.status_code == 200
+    svg = drawn.text[drawn.text.index("<svg") : drawn.text.index("</svg>")]
+    assert 'class="node agent live"' in svg
+    assert '<g class="node tool live" data-key="tool:customer_data_api">' in svg
+    assert '<g class="node tool" data-key="tool:pricing_api">' in svg
+    assert 'data-key="workflow:customer-support"' in svg
+    assert 'data-key="scope:ticketing_api:tickets:write"' in svg
+    assert svg.count('class="edge live"') == 1  # customer-support → customer_data_api
+    assert "sub-agent of" not in drawn.text
+    research = page(
+        client, "/console/blast-radius", workload="spiffe://prod.example/agents/research/x"
+    )
+    assert "sub-agent of: customer-support" in research.text
+    assert 'class="node agent"' in research.text  # nothing live
+    hostile = page(client, "/console/blast-radius", workload=HOSTILE)
+    assert ESCAPED in hostile.text and HOSTILE not in hostile.text
+    assert "no workflow admits it" in hostile.text
+    assert page(client, "/console/blast-radius", workload="x" * 513).status_code == 400
+
+
+def test_drift_page_reports_and_suggests(deployment: Deployment, broker: Broker) -> None:
+    _, client = broker
+    assert issue(deployment, client).status_code == 200
+    drift = page(client, "/console/drift")
+    assert drift.status_code == 200
+    text = drift.text
+    assert "tool pricing_api never issued" in text and "tool ticketing_api never issued" in text
+    assert "nightly-billing" in text and "no credential issued in the window" in text
+    assert '<span class="del">-      pricing_api:' in text
+    assert "drift counts issuance only" in text
+    assert page(client, "/console/drift", since="soon").status_code == 400
+    future = page(client, "/console/drift", since="2999-01-01T00:00:00").text
+    assert "customer-support</td><td>0</td>" in future

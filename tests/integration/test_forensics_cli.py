@@ -18,7 +18,14 @@ from deputy.config import load_settings
 from deputy.devtools.broker_thread import BrokerThread
 from deputy.policy.model import policy_from_settings
 from tests.integration.deployment import Deployment, running, write_deployment
-from tests.integration.oauth_client import JWT_SPIFFE, SUPPORT_ID, TICKETS, alice_credential
+from tests.integration.oauth_client import (
+    JWT_SPIFFE,
+    RESEARCH_ID,
+    SUPPORT_ID,
+    TICKETS,
+    alice_credential,
+    sub_agent_exchange,
+)
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "deputy.yaml"
 
@@ -127,7 +134,7 @@ def test_blast_radius_without_a_ledger(tmp_path: Path) -> None:
         "in all: customer_data_api [accounts:read]; pricing_api [rates:read]; "
         "ticketing_api [tickets:read tickets:write]; max lifetime 900s",
         "accepted as a sub-agent by: none (max delegation depth 4)",
-        "workloads seen in the audit log (last 24h): none",
+        "workloads active while live credentials were issued: none",
         "live now: 0 unexpired unrevoked credentials for 0 users",
     ]
     assert not (tmp_path / ".deputy").exists()  # reading created nothing
@@ -163,7 +170,7 @@ def test_blast_radius_counts_live_unrevoked_credentials(
     assert result.exit_code == 0, result.output
     out = result.stdout.splitlines()
     assert out[0].startswith(f"blast radius of {SUPPORT_ID} (workload id; policy ")
-    assert f"workloads seen in the audit log (last 24h): {SUPPORT_ID}" in out
+    assert f"workloads active while live credentials were issued: {SUPPORT_ID}" in out
     assert out[-1].startswith(
         "live now: 2 unexpired unrevoked credentials for 1 user "
         "(customer_data_api 1, ticketing_api 1), latest expiry "
@@ -195,6 +202,32 @@ def test_blast_radius_counts_live_unrevoked_credentials(
         "(agents https://k8s.example/cluster-1#system:serviceaccount:support:escalation)",
     ]
     assert lines[-1] == "live now: 0 unexpired unrevoked credentials for 0 users"
+
+
+def test_a_revoked_parent_covers_a_sub_agents_credentials_in_its_blast_radius(
+    deployment: Deployment, broker: tuple[BrokerThread, httpx.Client]
+) -> None:
+    _, client = broker
+    parent = alice_credential(deployment, client)["access_token"]
+    child = sub_agent_exchange(deployment, client, parent)
+    assert child.status_code == 200, child.text
+    path = str(deployment.config_path)
+    for target in (RESEARCH_ID, "spiffe://prod.example/agents/research/*"):
+        live = json.loads(run("blast-radius", target, "--config", path, "--json").stdout)["live"]
+        assert (live["credentials"], live["revoked"]) == (1, 0)
+    # Revoking the support agent's credential (another workload's) covers what was derived.
+    revoked = client.post(
+        "/oauth2/revoke",
+        data={
+            "token": parent,
+            "client_assertion_type": JWT_SPIFFE,
+            "client_assertion": deployment.svid(),
+        },
+    )
+    assert revoked.status_code == 200, revoked.text
+    for target in (RESEARCH_ID, "spiffe://prod.example/agents/research/*"):
+        live = json.loads(run("blast-radius", target, "--config", path, "--json").stdout)["live"]
+        assert (live["credentials"], live["revoked"]) == (0, 1)
 
 
 def test_drift_reports_unissued_grants_and_a_narrower_policy(tmp_path: Path) -> None:

@@ -17,8 +17,11 @@ class AuditFilter:
     execution_id: str | None = None
     agent_instance: str | None = None
     workload_id: str | None = None
+    workload_prefix: str | None = None  # records whose workload id starts with it
     user_id: str | None = None
     jti: str | None = None
+    tool: str | None = None  # records that requested, were issued or reported a use of it
+    outcome: str | None = None  # allow, deny, revoke or usage
     since: float | None = None
     before_seq: int | None = None  # only records with a lower seq (a page cursor)
     newest_first: bool = False
@@ -82,6 +85,15 @@ class AuditReader(Protocol):
         ...
 
     def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]: ...
+
+    def issued_grants(self, since: float) -> list[tuple[str, str, str, int]]:
+        """(workflow, tool, scope, credentials) issued since ``since``."""
+        ...
+
+    def used_grants(self, since: float) -> set[tuple[str, str]] | None:
+        """(workflow, tool) of credentials issued since ``since`` that were reported used
+        since then; ``None`` when no use at all was reported in that time."""
+        ...
 
     def export(
         self, since: float | None = None, until: float | None = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -16,36 +15,21 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
+from deputy.audit.forensics import parse_moment, timeline_of
 from deputy.audit.log import AuditFilter
 from deputy.audit.record import StoredRecord
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
-from deputy.store.sqlite.audit_reader import SqliteAuditReader, open_audit_reader
+from deputy.store.sqlite.audit_reader import open_audit_reader
 
 app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 
-_RELATIVE = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_TIMELINE = 100_000  # records of one execution shown
-
 
 def parse_since(value: str, now: float) -> float:
-    """``30m``, ``2h``, ``7d``, epoch seconds, or an ISO 8601 time (UTC if no offset)."""
-    m = _RELATIVE.match(value)
-    if m:
-        return now - int(m.group(1)) * _UNITS[m.group(2)]
+    """A time option's value as epoch seconds (see :func:`parse_moment`)."""
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            "use a duration like 30m, 2h, 7d, epoch seconds, or an ISO 8601 time"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        return parse_moment(value, now)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 @app.command()
@@ -152,27 +136,6 @@ def _iso(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return _shown(value)
     return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
-
-
-def timeline_of(reader: SqliteAuditReader, execution: str) -> list[dict[str, Any]]:
-    """The execution's records in order, each credential with its reported uses."""
-    records = [
-        {**stored.record, "seq": stored.seq}
-        for stored in reader.query(AuditFilter(execution_id=execution, limit=MAX_TIMELINE))
-    ]
-    jtis = [
-        c["jti"]
-        for r in records
-        for c in r.get("credentials") or ()
-        if isinstance(c, dict) and isinstance(c.get("jti"), str)
-    ]
-    uses = reader.uses_of(jtis)
-    for r in records:
-        r["credentials"] = [
-            {**c, "uses": uses.get(str(c.get("jti")), [])} if isinstance(c, dict) else c
-            for c in r.get("credentials") or ()
-        ]
-    return records
 
 
 def timeline_lines(records: list[dict[str, Any]]) -> Iterator[str]:

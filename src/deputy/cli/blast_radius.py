@@ -12,12 +12,10 @@ from typing import Annotated
 
 import typer
 
-from deputy.audit.log import AuditFilter
+from deputy.audit.forensics import ledger_snapshot
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
-from deputy.config.settings import MAX_TTL_SECONDS
 from deputy.errors import StoreUnavailable
 from deputy.policy.blast_radius import (
-    LedgerCredential,
     LedgerSnapshot,
     LiveSummary,
     WorkflowReach,
@@ -29,38 +27,16 @@ from deputy.policy.blast_radius import (
 from deputy.policy.model import policy_from_settings
 from deputy.store.sqlite.audit_reader import DB_FILE, open_audit_reader
 
-_ALL = 2**62  # no limit: every record of the window is read
 
-
-def read_ledger(data_dir: Path, now: float) -> LedgerSnapshot:
-    """Credentials of the last ``MAX_TTL_SECONDS`` (no older one can be live) and the
-    revocations in force; an empty snapshot if the broker never wrote an audit log here."""
+def read_ledger(
+    data_dir: Path, now: float, *, workload: str | None = None, user: str | None = None
+) -> LedgerSnapshot:
+    """The ledger as the data dir's audit log tells it; empty if the broker never wrote one."""
     if not (data_dir / DB_FILE).exists():
         return LedgerSnapshot(now)
     reader = open_audit_reader(data_dir)
-    credentials: list[LedgerCredential] = []
-    seen: set[str] = set()
-    for stored in reader.query(AuditFilter(since=now - MAX_TTL_SECONDS - 1, limit=_ALL)):
-        r = stored.record
-        if isinstance(r.get("workload_id"), str):
-            seen.add(r["workload_id"])
-        for c in r.get("credentials") or ():
-            credentials.append(
-                LedgerCredential(
-                    jti=c["jti"],
-                    tool=c["tool"],
-                    issued_at=int(r["time"]),
-                    expires_at=int(c["expires_at"]),
-                    workload_id=r.get("workload_id"),
-                    user_id=r.get("user_id"),
-                    execution_id=r.get("execution_id"),
-                    agent_instance=r.get("agent_instance"),
-                    parent_jti=r.get("parent_jti"),
-                    parent_actors=tuple(r.get("parent_actors") or ()),
-                )
-            )
-    revocations = asyncio.run(reader.revocations_after(0, now))
-    return LedgerSnapshot(now, tuple(credentials), tuple(revocations), frozenset(seen))
+    snapshot = ledger_snapshot(reader, now, workload=workload, user=user)
+    return asyncio.run(snapshot)
 
 
 def _when(epoch: int) -> str:
@@ -113,7 +89,7 @@ def blast_radius(
     settings = load_or_exit(config)
     policy = policy_from_settings(settings)
     try:
-        ledger = read_ledger(settings.data_dir, time.time())
+        ledger = read_ledger(settings.data_dir, time.time(), workload=target, user=user)
     except StoreUnavailable as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -152,7 +128,6 @@ def blast_radius(
         f"accepted as a sub-agent by: {', '.join(radius.sub_agent_of) or 'none'}"
         f" (max delegation depth {radius.max_delegation_depth})"
     )
-    typer.echo(
-        f"workloads seen in the audit log (last 24h): {', '.join(radius.workloads_seen) or 'none'}"
-    )
+    seen = ", ".join(radius.workloads_seen) or "none"
+    typer.echo(f"workloads active while live credentials were issued: {seen}")
     typer.echo(_live_line(radius.live))

@@ -3,80 +3,25 @@ policy to review (a diff of the config file)."""
 
 from __future__ import annotations
 
-import copy
-import difflib
 import json
 import time
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 import yaml
 
-from deputy.audit.log import AuditFilter
+from deputy.audit.forensics import activity_since
 from deputy.cli.audit import parse_since
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
 from deputy.config.loader import parse_settings
 from deputy.errors import ConfigError
-from deputy.policy.drift import Issued, Used, WorkflowDrift, drift
-from deputy.policy.model import Policy, policy_from_settings
+from deputy.policy.drift import document_diff, drift, suggested
+from deputy.policy.model import policy_from_settings
 from deputy.store.sqlite.audit_reader import DB_FILE, open_audit_reader
-
-_ALL = 2**62
-
-
-def activity_since(data_dir: Path, since: float) -> tuple[list[Issued], list[Used] | None]:
-    """Every credential issued since ``since``, and the reported uses of them (``None`` when
-    no API reported any use in the window), as the audit log records them."""
-    if not (data_dir / DB_FILE).exists():
-        return [], None
-    issued: list[Issued] = []
-    workflow_of: dict[str, str] = {}
-    uses: list[tuple[str, str]] = []
-    reports = False
-    for stored in open_audit_reader(data_dir).query(AuditFilter(since=since, limit=_ALL)):
-        record = stored.record
-        if record.get("outcome") == "usage":
-            reports = True
-            uses += [(str(u.get("jti")), str(u.get("tool"))) for u in record.get("uses") or ()]
-            continue
-        workflow = record.get("workflow")
-        if record.get("outcome") != "allow" or not isinstance(workflow, str):
-            continue
-        for c in record.get("credentials") or ():
-            issued.append(Issued(workflow, str(c["tool"]), frozenset(str(c["scope"]).split())))
-            workflow_of[str(c["jti"])] = workflow
-    if not reports:
-        return issued, None
-    return issued, [Used(workflow_of[j], tool) for j, tool in uses if j in workflow_of]
-
-
-def suggested(document: dict[str, Any], policy: Policy, report: list[WorkflowDrift]) -> Any:
-    """The config with each workflow narrowed to what was issued; unused ones removed."""
-    narrowed = copy.deepcopy(document)
-    workflows = narrowed.get("workflows", {})
-    for entry in report:
-        if not entry.drifted or entry.workflow not in workflows:
-            continue
-        tools = entry.narrowed_tools(policy.workflows[entry.workflow].tools)
-        if entry.credentials == 0 or not tools:
-            del workflows[entry.workflow]
-            continue
-        section = workflows[entry.workflow]
-        section["tools"] = tools
-        categories = {policy.tools[t].category for t in tools}
-        limits = section.get("rate_limits")
-        if isinstance(limits, dict):
-            section["rate_limits"] = {c: n for c, n in limits.items() if c in categories}
-    return narrowed
 
 
 def _count(n: int) -> str:
     return f"{n} credential" + ("" if n == 1 else "s")
-
-
-def _dump(document: Any) -> list[str]:
-    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False).splitlines(True)
 
 
 def drift_command(
@@ -91,7 +36,11 @@ def drift_command(
     settings = load_or_exit(config)
     policy = policy_from_settings(settings)
     start = parse_since(since, time.time())
-    issued, used = activity_since(settings.data_dir, start)
+    issued, used = (
+        activity_since(open_audit_reader(settings.data_dir), start)
+        if (settings.data_dir / DB_FILE).exists()
+        else ([], None)
+    )
     report = drift(policy, issued, used)
     document = yaml.safe_load(config.read_text(encoding="utf-8"))
     proposal = suggested(document, policy, report)
@@ -100,9 +49,7 @@ def drift_command(
         valid = True
     except ConfigError:
         valid = False  # e.g. every workflow unused: nothing left to run
-    diff = "".join(
-        difflib.unified_diff(_dump(document), _dump(proposal), str(config), f"{config} (narrowed)")
-    )
+    diff = document_diff(document, proposal, str(config), f"{config} (narrowed)")
     if as_json:
         typer.echo(
             json.dumps(

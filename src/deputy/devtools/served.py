@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 from types import TracebackType
@@ -13,7 +12,9 @@ import uvicorn
 
 def listening_socket() -> socket.socket:
     """A socket listening on 127.0.0.1: its URL is known before anything serves on it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # The protocol named explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets
+    # whose proto says TCP, and without it every keep-alive response waits on a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     return sock
@@ -42,7 +43,7 @@ class LoopbackServer:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self._server.serve(sockets=[self._sock]))
+        self._server.run(sockets=[self._sock])  # with the event loop `deputy serve` uses
 
     @property
     def alive(self) -> bool:

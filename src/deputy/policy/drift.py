@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import yaml
 
 from deputy.policy.model import Policy
 
@@ -15,6 +20,7 @@ class Issued:
     workflow: str
     tool: str
     scopes: frozenset[str]
+    count: int = 1  # credentials issued with exactly these
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +69,7 @@ def drift(
     for credential in issued:
         if credential.workflow not in seen_by:
             continue  # a workflow since removed from the policy
-        counts[credential.workflow] += 1
+        counts[credential.workflow] += credential.count
         seen_by[credential.workflow].setdefault(credential.tool, set()).update(credential.scopes)
     report: list[WorkflowDrift] = []
     for name, workflow in policy.workflows.items():
@@ -79,3 +85,32 @@ def drift(
             unused = tuple(sorted(t for t in seen if t not in reported.get(name, set())))
         report.append(WorkflowDrift(name, counts[name], unissued_tools, unissued_scopes, unused))
     return report
+
+
+def suggested(document: dict[str, Any], policy: Policy, report: list[WorkflowDrift]) -> Any:
+    """The config with each workflow narrowed to what was issued; unused ones removed."""
+    narrowed = copy.deepcopy(document)
+    workflows = narrowed.get("workflows", {})
+    for entry in report:
+        if not entry.drifted or entry.workflow not in workflows:
+            continue
+        tools = entry.narrowed_tools(policy.workflows[entry.workflow].tools)
+        if entry.credentials == 0 or not tools:
+            del workflows[entry.workflow]
+            continue
+        section = workflows[entry.workflow]
+        section["tools"] = tools
+        categories = {policy.tools[t].category for t in tools}
+        limits = section.get("rate_limits")
+        if isinstance(limits, dict):
+            section["rate_limits"] = {c: n for c, n in limits.items() if c in categories}
+    return narrowed
+
+
+def _dump(document: Any) -> list[str]:
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False).splitlines(True)
+
+
+def document_diff(old: Any, new: Any, old_name: str, new_name: str) -> str:
+    """A unified diff of two config documents as YAML; empty when they are the same."""
+    return "".join(difflib.unified_diff(_dump(old), _dump(new), old_name, new_name))

@@ -202,5 +202,5 @@ def create_app(broker: Broker, clock: Clock) -> Router:
         Route("/healthz", healthz, methods=["GET"]),
     ]
     if broker.settings.console.enabled:
-        routes += Console(broker).routes()
+        routes += Console(broker, clock).routes()
     return Router(routes=routes, lifespan=lifespan)

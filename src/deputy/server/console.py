@@ -1,8 +1,9 @@
-"""The admin web console at ``/console``: records, decisions, credentials and the kill switch.
+"""The admin web console at ``/console``: records, decisions, credentials, executions,
+blast radius, drift and the kill switch.
 
-Server-rendered with the standard library: every interpolated value goes through
-``html.escape``. Admin clients only (HTTP Basic); the kill switch form carries a token that
-is an HMAC of the client's name under a key made when the broker starts.
+Server-rendered (:mod:`deputy.server.console_html`): every interpolated value is escaped.
+Admin clients only (HTTP Basic); the kill switch form carries a token that is an HMAC of the
+client's name under a key made when the broker starts.
 """
 
 from __future__ import annotations
@@ -10,37 +11,52 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
-from html import escape
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from deputy.audit.log import AuditFilter, LedgerEntry
-from deputy.audit.record import StoredRecord
-from deputy.audit.revocation import SELECTORS
+from deputy.audit.forensics import activity_since, ledger_snapshot, parse_moment, timeline_of
+from deputy.audit.log import AuditFilter
+from deputy.clock import Clock
 from deputy.errors import InvalidClient, OAuthError
 from deputy.oauth.client_auth import Client
 from deputy.oauth.form import MAX_FORM_BYTES, Form, parse_form
+from deputy.policy.blast_radius import blast_radius as compute_blast_radius
+from deputy.policy.drift import document_diff, suggested
+from deputy.policy.drift import drift as compute_drift
+from deputy.server.console_html import (
+    BLAST_PATH,
+    CONSOLE_PATH,
+    DRIFT_PATH,
+    FILTERS,
+    OUTCOMES,
+    STYLE,
+    STYLE_PATH,
+    blast_page,
+    credential_page,
+    decision_link,
+    decision_page,
+    drift_page,
+    e,
+    execution_page,
+    kill_form,
+    layout,
+    message_page,
+    records_page,
+    when,
+)
 from deputy.server.errors import Headers, respond
 from deputy.server.oauth import limited_body
 from deputy.server.wiring import Broker
 from deputy.service.context import RequestContext
 
 PAGE_SIZE = 50
-CONSOLE_PATH = "/console"
-STYLE_PATH = "/console/style.css"
-_STYLE = (
-    "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
-    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}"
-    ".deny{color:#a00}.allow{color:#070}form{margin:1em 0}label{margin-right:1em}"
-)
+DRIFT_WINDOW = "30d"
+MAX_TARGET = 512
 SECURITY_HEADERS: Headers = [
     (b"content-security-policy", b"default-src 'none'; style-src 'self'"),
     (b"x-frame-options", b"DENY"),
@@ -49,15 +65,6 @@ SECURITY_HEADERS: Headers = [
     (b"x-content-type-options", b"nosniff"),
 ]
 HTML_TYPE = (b"content-type", b"text/html; charset=utf-8")
-# Query-string name → the AuditFilter field it sets.
-_FILTERS = {
-    "user": "user_id",
-    "workload": "workload_id",
-    "instance": "agent_instance",
-    "execution": "execution_id",
-    "jti": "jti",
-}
-_RECORD_COLUMNS = ("outcome", "endpoint", "workload_id", "agent_instance", "user_id", "workflow")
 
 
 class Refused(Exception):
@@ -72,72 +79,18 @@ class Refused(Exception):
 Page = Callable[[Request, Client], Awaitable[tuple[int, str]]]
 
 
-def e(value: object) -> str:
-    """``value`` as HTML text; ``None`` is empty."""
-    return "" if value is None else escape(str(value), quote=True)
-
-
-def when(value: object) -> str:
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
-    return "" if value is None else str(value)
-
-
-def layout(title: str, body: str) -> str:
-    return (
-        '<!doctype html><html><head><meta charset="utf-8">'
-        f"<title>{e(title)} · deputy</title>"
-        f'<link rel="stylesheet" href="{STYLE_PATH}"></head><body>'
-        f'<p><a href="{CONSOLE_PATH}">records</a></p><h1>{e(title)}</h1>{body}</body></html>'
-    )
-
-
-def table(head: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
-    """A table of cells already rendered as HTML."""
-    th = "".join(f"<th>{e(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
-
-
-def decision_link(decision_id: object) -> str:
-    href = f"{CONSOLE_PATH}/decisions/{quote(str(decision_id), safe='')}"
-    return f'<a href="{e(href)}">{e(decision_id)}</a>'
-
-
-def credential_link(jti: object) -> str:
-    href = f"{CONSOLE_PATH}/credentials/{quote(str(jti), safe='')}"
-    return f'<a href="{e(href)}">{e(jti)}</a>'
-
-
-def plain(value: object) -> str:
-    """A record value as text: strings as they are, anything else as JSON."""
-    if value is None or isinstance(value, str):
-        return e(value)
-    return e(json.dumps(value, sort_keys=True))
-
-
-def parse_since(text: str) -> float:
-    """Seconds since the epoch, or an ISO 8601 time (UTC unless it names a zone)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise Refused(400, "`since` must be epoch seconds or an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def records_filter(params: dict[str, str]) -> AuditFilter:
+def records_filter(params: dict[str, str], now: float) -> AuditFilter:
     """The filter the list page's query string asks for, newest first, one page."""
     fields: dict[str, Any] = {
-        field: params[name] for name, field in _FILTERS.items() if params.get(name)
+        field: params[name] for name, field in FILTERS.items() if params.get(name)
     }
+    outcome = params.get("outcome")
+    if outcome:
+        if outcome not in OUTCOMES:
+            raise Refused(400, f"`outcome` must be one of {', '.join(OUTCOMES)}")
+        fields["outcome"] = outcome
     if params.get("since"):
-        fields["since"] = parse_since(params["since"])
+        fields["since"] = moment(params["since"], now)
     if params.get("before_seq"):
         try:
             fields["before_seq"] = int(params["before_seq"])
@@ -146,108 +99,11 @@ def records_filter(params: dict[str, str]) -> AuditFilter:
     return AuditFilter(**fields, newest_first=True, limit=PAGE_SIZE)
 
 
-def filter_form(params: dict[str, str]) -> str:
-    inputs = "".join(
-        f'<label>{e(name)} <input name="{e(name)}" value="{e(params.get(name, ""))}"></label>'
-        for name in (*_FILTERS, "since")
-    )
-    return f'<form method="get" action="{CONSOLE_PATH}">{inputs}<button>filter</button></form>'
-
-
-def record_row(stored: StoredRecord) -> list[str]:
-    record = stored.record
-    outcome = e(record.get("outcome"))
-    cells = [e(stored.seq), e(when(record.get("time"))), decision_link(record.get("decision_id"))]
-    cells.append(f'<span class="{outcome}">{outcome}</span>')
-    cells += [plain(record.get(column)) for column in _RECORD_COLUMNS[1:]]
-    cells.append(e(len(record.get("credentials") or ())))
-    return cells
-
-
-def records_page(rows: list[StoredRecord], params: dict[str, str], kill_form: str) -> str:
-    head = ("seq", "time", "decision", *_RECORD_COLUMNS, "credentials")
-    parts = [filter_form(params), table(head, (record_row(r) for r in rows))]
-    if len(rows) == PAGE_SIZE:
-        kept = {k: v for k, v in params.items() if k in (*_FILTERS, "since") and v}
-        query = urlencode({**kept, "before_seq": rows[-1].seq})
-        parts.append(f'<p><a rel="next" href="{e(CONSOLE_PATH + "?" + query)}">next</a></p>')
-    parts.append(kill_form)
-    return layout("Records", "".join(parts))
-
-
-def kill_form(token: str) -> str:
-    options = "".join(f'<option value="{e(s)}">{e(s)}</option>' for s in SELECTORS)
-    return (
-        f'<h2>Kill switch</h2><form method="post" action="{CONSOLE_PATH}/revoke">'
-        f'<input type="hidden" name="csrf" value="{e(token)}">'
-        f'<label>revoke by <select name="selector">{options}</select></label>'
-        '<label>value <input name="value" required></label>'
-        '<label>type the value again <input name="confirm" required></label>'
-        '<label>reason <input name="reason"></label><button>revoke</button></form>'
-    )
-
-
-def decision_page(stored: StoredRecord) -> str:
-    record = stored.record
-    fields = table(("field", "value"), ([e(k), plain(v)] for k, v in sorted(record.items())))
-    reasons = "".join(f"<li>{plain(r)}</li>" for r in record.get("reasons") or ())
-    credentials = table(
-        ("jti", "tool", "audience", "scope", "expires"),
-        (
-            [
-                credential_link(c.get("jti")),
-                e(c.get("tool")),
-                e(c.get("audience")),
-                e(c.get("scope")),
-                e(when(c.get("expires_at"))),
-            ]
-            for c in record.get("credentials") or ()
-            if isinstance(c, dict)
-        ),
-    )
-    body = (
-        f"<p>seq {e(stored.seq)}, hash {e(stored.hash)}</p>{fields}"
-        f"<h2>Reasons</h2><ul>{reasons or '<li>none</li>'}</ul>"
-        f"<h2>Credentials</h2>{credentials}"
-    )
-    return layout(f"Decision {record.get('decision_id')}", body)
-
-
-def credential_page(entry: LedgerEntry, issued_by: str | None, uses: list[dict[str, Any]]) -> str:
-    fields = [
-        ("jti", e(entry.jti)),
-        ("tool", e(entry.tool)),
-        ("audience", e(entry.audience)),
-        ("expires", e(when(entry.expires_at))),
-        ("user", e(entry.user_id)),
-        ("user issuer", e(entry.user_issuer)),
-        ("tier", e(entry.tier)),
-        ("delegation", e(entry.delegation)),
-        ("workflow", e(entry.workflow)),
-        ("execution", e(entry.execution_id)),
-        ("workload", e(entry.workload_id)),
-        ("may act", e(entry.may_act)),
-        ("issued by decision", decision_link(issued_by) if issued_by else ""),
-    ]
-    used = table(
-        ("time", "operation", "outcome", "reported by", "seq"),
-        (
-            [
-                e(when(u["time"])),
-                e(u["operation"]),
-                e(u["outcome"]),
-                e(u["reported_by"]),
-                e(u["seq"]),
-            ]
-            for u in uses
-        ),
-    )
-    body = table(("field", "value"), ([e(k), v] for k, v in fields)) + f"<h2>Uses</h2>{used}"
-    return layout(f"Credential {entry.jti}", body)
-
-
-def message_page(title: str, message: str) -> str:
-    return layout(title, f"<p>{e(message)}</p>")
+def moment(text: str, now: float) -> float:
+    try:
+        return parse_moment(text, now)
+    except ValueError as err:
+        raise Refused(400, f"`since`: {err}") from None
 
 
 class ConsolePage:
@@ -275,12 +131,16 @@ class ConsolePage:
 class Console:
     """The console's pages over a broker's audit reader, policy and revocations."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, clock: Clock) -> None:
         self._broker = broker
+        self._clock = clock
         self._key = secrets.token_bytes(32)  # per start-up: a restart voids open forms
 
     def csrf_token(self, client: Client) -> str:
         return hmac.new(self._key, client.name.encode(), hashlib.sha256).hexdigest()
+
+    def kill(self, client: Client, selector: str = "", value: str = "") -> str:
+        return kill_form(self.csrf_token(client), selector, value)
 
     async def admin(self, request: Request) -> Client:
         values = request.headers.getlist("authorization")
@@ -295,28 +155,26 @@ class Console:
         return client
 
     def routes(self) -> list[Route]:
+        pages: list[tuple[str, Page]] = [
+            (CONSOLE_PATH, self.records),
+            (CONSOLE_PATH + "/decisions/{decision_id}", self.decision),
+            (CONSOLE_PATH + "/credentials/{jti}", self.credential),
+            (CONSOLE_PATH + "/executions/{execution_id}", self.execution),
+            (BLAST_PATH, self.blast_radius),
+            (DRIFT_PATH, self.drift),
+        ]
         return [
-            Route(CONSOLE_PATH, ConsolePage(self, self.records), methods=["GET"]),
-            Route(
-                CONSOLE_PATH + "/decisions/{decision_id}",
-                ConsolePage(self, self.decision),
-                methods=["GET"],
-            ),
-            Route(
-                CONSOLE_PATH + "/credentials/{jti}",
-                ConsolePage(self, self.credential),
-                methods=["GET"],
-            ),
+            *(Route(path, ConsolePage(self, page), methods=["GET"]) for path, page in pages),
             Route(CONSOLE_PATH + "/revoke", ConsolePage(self, self.revoke), methods=["POST"]),
             Route(STYLE_PATH, Stylesheet(), methods=["GET"]),
         ]
 
     async def records(self, request: Request, client: Client) -> tuple[int, str]:
         params = dict(request.query_params)
-        audit_filter = records_filter(params)
+        audit_filter = records_filter(params, self._clock.now())
         reader = self._broker.audit_reader
         rows = await asyncio.to_thread(lambda: list(reader.query(audit_filter)))
-        return 200, records_page(rows, params, kill_form(self.csrf_token(client)))
+        return 200, records_page(rows, params, PAGE_SIZE, self.kill(client))
 
     async def decision(self, request: Request, client: Client) -> tuple[int, str]:
         decision_id = str(request.path_params["decision_id"])
@@ -335,6 +193,41 @@ class Console:
         uses = await asyncio.to_thread(reader.uses_of, [jti])
         issued_by = issued[0].record.get("decision_id") if issued else None
         return 200, credential_page(entry, issued_by, uses.get(jti, []))
+
+    async def execution(self, request: Request, client: Client) -> tuple[int, str]:
+        execution_id = str(request.path_params["execution_id"])
+        records = await asyncio.to_thread(timeline_of, self._broker.audit_reader, execution_id)
+        if not records:
+            raise Refused(404, "no records for this execution")
+        kill = self.kill(client, "execution_id", execution_id)
+        return 200, execution_page(execution_id, records, kill)
+
+    async def blast_radius(self, request: Request, client: Client) -> tuple[int, str]:
+        target = request.query_params.get("workload", "").strip()
+        if not target:
+            return 200, blast_page(None, "", "")
+        if len(target) > MAX_TARGET:
+            raise Refused(400, f"`workload` is longer than {MAX_TARGET} characters")
+        now = self._clock.now()
+        reader = self._broker.audit_reader
+        ledger = await ledger_snapshot(reader, now, workload=target)
+        radius = compute_blast_radius(self._broker.policy, target, ledger)
+        return 200, blast_page(radius, target, self.kill(client, "workload_id", target))
+
+    async def drift(self, request: Request, client: Client) -> tuple[int, str]:
+        since = request.query_params.get("since") or DRIFT_WINDOW
+        start = moment(since, self._clock.now())
+        policy = self._broker.policy
+        reader = self._broker.audit_reader
+        issued, used = await asyncio.to_thread(activity_since, reader, start)
+        report = compute_drift(policy, issued, used)
+        document = self._broker.settings.model_dump(
+            mode="json", include={"workflows"}, exclude_defaults=True
+        )
+        diff = document_diff(
+            document, suggested(document, policy, report), "policy", "policy (narrowed)"
+        )
+        return 200, drift_page(report, since, start, used is not None, diff)
 
     async def revoke(self, request: Request, client: Client) -> tuple[int, str]:
         body = await limited_body(request, MAX_FORM_BYTES)
@@ -355,10 +248,10 @@ class Console:
             reason=form.get("reason"),
         )
         done = (
-            f"<p>Revoked every credential with {e(selector)} = {e(value)} issued up to "
-            f"{e(when(outcome.revocation.issued_before))}: {e(outcome.live.credentials)} live "
-            f"credential(s) of {e(outcome.live.users)} user(s).</p>"
-            f"<p>Decision {decision_link(outcome.decision_id)}</p>"
+            f'<p class="message">Revoked every credential with {e(selector)} = {e(value)} '
+            f"issued up to {e(when(outcome.revocation.issued_before))}: "
+            f"{e(outcome.live.credentials)} live credential(s) of {e(outcome.live.users)} "
+            f"user(s).</p><p>Decision {decision_link(outcome.decision_id)}</p>"
         )
         return 200, layout("Revoked", done)
 
@@ -368,4 +261,4 @@ class Stylesheet:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"text/css; charset=utf-8"), *SECURITY_HEADERS]
-        await respond(send, 200, headers, _STYLE.encode())
+        await respond(send, 200, headers, STYLE.encode())

@@ -23,6 +23,7 @@ from deputy.store.sqlite.audit_tables import (
     READ_HEAD,
     RECORD_ROWS_SQL,
     REVOCATION_ROWS_SQL,
+    TOOL_ROWS_SQL,
     USE_ROWS_SQL,
     RowChecker,
     head_from_row,
@@ -87,6 +88,7 @@ class SqliteAuditReader:
                     conn.execute(CREDENTIAL_ROWS_SQL),
                     conn.cursor().execute(REVOCATION_ROWS_SQL),
                     conn.cursor().execute(USE_ROWS_SQL),
+                    conn.cursor().execute(TOOL_ROWS_SQL),
                 )
                 for row in conn.execute(RECORD_ROWS_SQL):
                     if not checker.check(row):
@@ -134,6 +136,41 @@ class SqliteAuditReader:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(UNAVAILABLE) from exc
         return {(issuer, user, category): n for issuer, user, category, n in rows}
+
+    def oldest_live_issue(self, now: float) -> float | None:
+        """When the oldest credential still unexpired at ``now`` was issued (one index)."""
+        # Named: beside the grants index (issued_at first), the planner would walk every
+        # expired credential from the oldest on.
+        sql = (
+            "SELECT MIN(issued_at) FROM credentials INDEXED BY credentials_live"
+            " WHERE expires_at > ?"
+        )
+        rows = self._rows(sql, (now,))
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def issued_grants(self, since: float) -> list[tuple[str, str, str, int]]:
+        """(workflow, tool, scope, credentials) issued since ``since``, from one index."""
+        sql = (
+            "SELECT workflow, tool, scope, COUNT(*) FROM credentials"
+            " WHERE issued_at >= ? AND workflow IS NOT NULL GROUP BY workflow, tool, scope"
+        )
+        return [(w, t, s, n) for w, t, s, n in self._rows(sql, (since,))]
+
+    def used_grants(self, since: float) -> set[tuple[str, str]] | None:
+        """(workflow, tool) of credentials issued since ``since`` that APIs reported a use of
+        in records since then; ``None`` when no API reported any use in that time."""
+        first = "(SELECT MIN(seq) FROM records INDEXED BY records_time WHERE time >= ?)"
+        reported = self._rows(
+            f"SELECT 1 FROM records WHERE outcome = 'usage' AND seq >= {first} LIMIT 1",  # noqa: S608
+            (since,),
+        )
+        if not reported:
+            return None
+        sql = (  # only the fixed subquery is interpolated
+            "SELECT DISTINCT c.workflow, c.tool FROM uses u JOIN credentials c ON c.jti = u.jti"  # noqa: S608
+            f" WHERE u.seq >= {first} AND c.issued_at >= ? AND c.workflow IS NOT NULL"
+        )
+        return {(w, t) for w, t in self._rows(sql, (since, since))}
 
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with closing(self._reader()) as conn:

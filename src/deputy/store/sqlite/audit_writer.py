@@ -16,6 +16,7 @@ from deputy.store.sqlite.audit_reader import DB_FILE, UNAVAILABLE, open_head_key
 from deputy.store.sqlite.audit_tables import (
     INSERT_CREDENTIAL,
     INSERT_RECORD,
+    INSERT_RECORD_TOOL,
     INSERT_REVOCATION,
     INSERT_USE,
     MIGRATIONS,
@@ -23,11 +24,14 @@ from deputy.store.sqlite.audit_tables import (
     SCHEMA,
     SCHEMA_VERSION,
     WRITE_HEAD,
+    body_tools,
     head_from_row,
     insert_rows,
 )
 
 MIN_KEY_BYTES = 16
+# Tool rows per INSERT: 2 values each, under SQLite's smallest default of 999 bound values.
+_TOOL_ROWS_PER_INSERT = 400
 
 _log = logging.getLogger(__name__)
 
@@ -101,8 +105,11 @@ class SqliteAuditWriter:
                 version = 1
             if 0 < version < SCHEMA_VERSION:
                 while version < SCHEMA_VERSION:
-                    for statement in MIGRATIONS[version]:
-                        conn.execute(statement)
+                    for step in MIGRATIONS[version]:
+                        if isinstance(step, str):
+                            conn.execute(step)
+                        else:
+                            step(conn)
                     version += 1
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -145,6 +152,7 @@ class SqliteAuditWriter:
             credentials: list[tuple[Any, ...]] = []
             revocations: list[tuple[Any, ...]] = []
             uses: list[tuple[Any, ...]] = []
+            tools: list[tuple[int, str]] = []
             logged_at = self._clock.now()
             for index, record in enumerate(batch):
                 try:
@@ -180,6 +188,8 @@ class SqliteAuditWriter:
                         c.tool,
                         c.expires_at,
                         record.time,
+                        record.workflow,
+                        c.scope,
                     )
                     for c in record.credentials
                 )
@@ -192,6 +202,7 @@ class SqliteAuditWriter:
                     (seq, u["jti"], u["operation"], u["outcome"], u["time"], record.requested_by)
                     for u in record.uses
                 )
+                tools.extend((seq, tool) for tool in _tools(record))
             if records:
                 # One statement per table and batch: every step releases and retakes the GIL.
                 conn.execute(insert_rows(INSERT_RECORD, len(records)), _flat(records))
@@ -203,6 +214,9 @@ class SqliteAuditWriter:
                     conn.executemany(INSERT_REVOCATION, revocations)
                 if uses:
                     conn.executemany(INSERT_USE, uses)
+                for start in range(0, len(tools), _TOOL_ROWS_PER_INSERT):
+                    chunk = tools[start : start + _TOOL_ROWS_PER_INSERT]
+                    conn.execute(insert_rows(INSERT_RECORD_TOOL, len(chunk)), _flat(chunk))
                 head = ChainHead.sign(self._head_key, seq, prev_hash)
                 conn.execute(WRITE_HEAD, (head.seq, head.hash, head.mac))
             conn.execute("COMMIT")
@@ -226,6 +240,17 @@ class SqliteAuditWriter:
         if not head.is_authentic(self._head_key):
             raise _HeadInvalid("audit chain head does not verify; run verify")
         return head.seq, head.hash
+
+
+def _tools(record: DecisionRecord) -> set[str]:
+    """The tools ``record`` concerns: ``body_tools`` of the fields of its body that name them."""
+    return body_tools(
+        {
+            "tools_requested": record.tools_requested,
+            "credentials": [{"tool": c.tool} for c in record.credentials],
+            "uses": list(record.uses),
+        }
+    )
 
 
 def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
