@@ -6,12 +6,21 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$"  # RFC 6749 §3.3 scope-token
 MAX_TTL_SECONDS = 86_400
 MAX_DELEGATION_DEPTH = 8
+MAX_SHUTDOWN_GRACE_SECONDS = 600
 
 _LOOPBACK_HTTP = re.compile(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
 
@@ -94,12 +103,29 @@ class ClientSettings(_Strict):
 class ServerSettings(_Strict):
     host: StrictStr = "127.0.0.1"
     port: Annotated[StrictInt, Field(ge=0, le=65535)] = 8080
+    # On SIGTERM, how long requests under way may take to finish before they are cancelled.
+    shutdown_grace_seconds: Annotated[StrictInt, Field(ge=1, le=MAX_SHUTDOWN_GRACE_SECONDS)] = 30
 
 
 class ConsoleSettings(_Strict):
     """The admin web console at ``/console``; not routed unless enabled."""
 
     enabled: bool = False
+
+
+class MetricsSettings(_Strict):
+    """Prometheus exposition at ``/metrics``; not routed unless enabled."""
+
+    enabled: StrictBool = False
+    # Configured clients (HTTP Basic) that may scrape; empty: anyone who reaches the port.
+    clients: tuple[Name, ...] = ()
+
+
+class LoggingSettings(_Strict):
+    """JSON log lines on stderr from ``deputy serve``."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access: StrictBool = False  # one line per request (method, route, status, duration, request id)
 
 
 class Settings(_Strict):
@@ -113,6 +139,8 @@ class Settings(_Strict):
     max_delegation_depth: Annotated[StrictInt, Field(ge=1, le=MAX_DELEGATION_DEPTH)] = 4
     server: ServerSettings = ServerSettings()
     console: ConsoleSettings = ConsoleSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
     signing_alg: Literal["ES256", "ES384", "PS256", "RS256"] = "ES256"
 
     @model_validator(mode="after")
@@ -151,6 +179,15 @@ class Settings(_Strict):
                 problems.append(
                     f"workflows.{name}.tiers: delegation `{wf.delegation}` has no verified "
                     "tier; remove `tiers` or use delegation: user_token"
+                )
+        for name in self.metrics.clients:
+            client = self.clients.get(name)
+            if client is None:
+                problems.append(f"metrics.clients: {name!r} is not a client under `clients`")
+            elif client.secret_sha256 is None:
+                problems.append(
+                    f"metrics.clients: client {name!r} has no `secret_sha256`; a scraper "
+                    "authenticates with HTTP Basic"
                 )
         problems.extend(self._insecure_key_urls())
         if problems:

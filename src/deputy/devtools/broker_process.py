@@ -54,6 +54,16 @@ class BrokerProcess:
         self.kill()
         raise RuntimeError(f"the broker did not start:\n{self.log.read_text()}")
 
+    def send(self, signum: int) -> None:
+        """Send a signal: SIGTERM stops gracefully, SIGHUP reloads the policy."""
+        assert self._proc is not None
+        self._proc.send_signal(signum)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """The exit status once the process has ended (negative: the signal that ended it)."""
+        assert self._proc is not None
+        return self._proc.wait(timeout=timeout)
+
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self._proc is not None and self._proc.poll() is None:

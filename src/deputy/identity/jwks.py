@@ -167,6 +167,15 @@ def _acceptable_jwks_uri(uri: str) -> bool:
     return parsed.scheme == "http" and parsed.host in _LOOPBACK_HOSTS
 
 
+@dataclass(slots=True)
+class KeySetStats:
+    """Key lookups, and the fetches they (or the refresh interval) caused, since start."""
+
+    lookups: int = 0
+    fetches: int = 0
+    failed_fetches: int = 0
+
+
 class JwksCache:
     """One issuer's keys: rate-limited refetches, kept over failed fetches, bounded staleness."""
 
@@ -188,6 +197,7 @@ class JwksCache:
         self._fetched_at = -math.inf
         self._attempted_at = -math.inf
         self._lock = asyncio.Lock()
+        self.stats = KeySetStats()
 
     async def load(self) -> None:
         """Fetch now, whatever the intervals say; raise :class:`KeySourceError` on failure."""
@@ -198,6 +208,7 @@ class JwksCache:
 
     async def key(self, kid: str | None) -> Key:
         """The key for ``kid``, or :class:`TokenRejected`."""
+        self.stats.lookups += 1
         if self._keys is None or self._age() >= self._refresh_interval:
             # While another caller refreshes, a cached set that knows the kid is good enough.
             cached = self._keys.get(kid) if self._keys is not None else None
@@ -236,6 +247,14 @@ class JwksCache:
             self._store(keys, now)
 
     async def _fetch(self) -> KeySet:
+        self.stats.fetches += 1
+        try:
+            return await self._fetch_keys()
+        except KeySourceError:
+            self.stats.failed_fetches += 1
+            raise
+
+    async def _fetch_keys(self) -> KeySet:
         try:
             # A source that drips bytes must not hold the lock (and the requests) for long.
             keys = await asyncio.wait_for(self._source.fetch(), FETCH_DEADLINE_SECONDS)

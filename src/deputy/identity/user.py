@@ -91,12 +91,13 @@ class UserVerifier:
         """The principal of a token verified before and not yet expired, if any."""
         if self._cache is None:
             return None
-        return self._cache.get_as(token, Principal, MAX_TOKEN_BYTES)
+        return self._cache.get_as(token, Principal, MAX_TOKEN_BYTES, count=False)
 
     async def verify(self, token: str) -> Principal:
-        hit = self.cached(token)
-        if hit is not None:
-            return hit
+        if self._cache is not None:
+            hit = self._cache.get_as(token, Principal, MAX_TOKEN_BYTES)
+            if hit is not None:
+                return hit
         parsed = parse_compact(token)
         check_type(parsed.header, USER_FORBIDDEN_TYPES)
         claims = parsed.claims

@@ -1,4 +1,4 @@
-"""The ASGI app: /issue, the OAuth endpoints, JWKS, metadata, health and the console."""
+"""The ASGI app: /issue, the OAuth endpoints, JWKS, metadata, health, metrics and the console."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
+import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,9 +34,14 @@ from deputy.oauth.endpoints import (
 )
 from deputy.server.console import Console
 from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error, respond
+from deputy.server.health import Readiness
+from deputy.server.instruments import ObservedIssuance, observe_routes
+from deputy.server.logs import REQUEST_ID
 from deputy.server.oauth import OAuthEndpoints
+from deputy.server.operations import MetricsEndpoint, operations_routes
+from deputy.server.reload import ConfigReloader
 from deputy.server.wiring import Broker
-from deputy.service.issuance import DpopBinding, IssuanceService, JsonIssue, RequestContext
+from deputy.service.issuance import DpopBinding, Issuer, JsonIssue, RequestContext
 from deputy.service.request import MAX_BODY_BYTES
 from deputy.tokens.dpop import DpopVerifier
 
@@ -79,7 +88,7 @@ class IssueEndpoint:
 
     def __init__(
         self,
-        service: IssuanceService,
+        service: Issuer,
         clock: Clock,
         ids: IdSource,
         dpop: DpopVerifier | None = None,
@@ -105,6 +114,7 @@ class IssueEndpoint:
         # Two Authorization headers are ambiguous: neither is taken.
         authorization = authorizations[0] if len(authorizations) == 1 else None
         rid = request_id(given_id, self._ids)
+        REQUEST_ID.set(rid)  # for log lines of this request (its own task: no reset needed)
         client = scope.get("client")
         context = RequestContext(rid, client[0] if client else None)
         body = await read_body(receive, MAX_BODY_BYTES)
@@ -122,17 +132,17 @@ class IssueEndpoint:
         await respond(send, status, headers, payload)
 
 
-def create_app(broker: Broker, clock: Clock) -> Router:
+def create_app(broker: Broker, clock: Clock, *, config_path: Path | None = None) -> Router:
     """The broker as an ASGI app; starts and closes the broker with the app's lifespan.
 
     A bare Starlette ``Router``: no middleware sits on the issuance path, and an unhandled
-    exception becomes uvicorn's plain 500 (bad input never gets there: it is a 4xx).
+    exception becomes uvicorn's plain 500 (bad input never gets there: it is a 4xx). With
+    ``config_path`` (``deputy serve``), SIGHUP reloads the policy from that file.
     """
-    ready = asyncio.Event()
-    scopes = frozenset(s for tool in broker.policy.tools.values() for s in tool.scopes)
-    document = metadata(broker.settings.issuer, broker.settings.signing_alg, scopes)
+    readiness = Readiness(broker)
+    issuer = ObservedIssuance(broker.service, broker.metrics)
     oauth = OAuthEndpoints(
-        service=broker.service,
+        service=issuer,
         workloads=broker.workloads,
         introspection=broker.introspection,
         revocations=broker.revocations,
@@ -144,17 +154,22 @@ def create_app(broker: Broker, clock: Clock) -> Router:
         ),
         now=clock.now,
     )
+    documents: dict[str, dict[str, Any]] = {}
 
     async def jwks(request: Request) -> Response:
         return JSONResponse(broker.key_ring.jwks(), headers={"Cache-Control": "max-age=30"})
 
     async def oauth_metadata(request: Request) -> Response:
+        policy = broker.policy  # scopes_supported follows a reloaded policy
+        document = documents.get(policy.version)
+        if document is None:
+            documents.clear()
+            scopes = frozenset(s for tool in policy.tools.values() for s in tool.scopes)
+            settings = broker.settings
+            document = documents[policy.version] = metadata(
+                settings.issuer, settings.signing_alg, scopes
+            )
         return JSONResponse(document)
-
-    async def healthz(request: Request) -> Response:
-        if not ready.is_set():
-            return JSONResponse({"status": "starting"}, status_code=503)
-        return JSONResponse({"status": "ok"})
 
     async def reload_keys() -> None:
         while True:
@@ -164,23 +179,45 @@ def create_app(broker: Broker, clock: Clock) -> Router:
             except Exception:  # a rotation caught half-written: the next turn reloads
                 _log.warning("signing keys could not be reloaded; retrying", exc_info=True)
 
+    def reload_config(reloader: ConfigReloader) -> None:
+        try:
+            reloader.reload()
+        except Exception:  # a bug must not take the broker down: it keeps its policy
+            _log.exception("config reload failed; the running configuration is unchanged")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
         await broker.start()
         reloader = asyncio.create_task(reload_keys())
-        ready.set()
+        # Signals reach only the main thread: a broker in a test thread has no SIGHUP.
+        main_thread = threading.current_thread() is threading.main_thread()
+        hup_reloads = config_path if main_thread else None
+        if hup_reloads is not None:
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, reload_config, ConfigReloader(hup_reloads, broker)
+            )
+        readiness.started = True
+        _log.info("broker ready", extra={"policy_version": broker.policy.version})
         try:
             yield
         finally:
+            # Only now: uvicorn has stopped accepting and the requests under way have ended.
+            readiness.stopping = True
+            if hup_reloads is not None:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             reloader.cancel()
-            await broker.close()
+            await broker.close()  # the audit writer commits everything it was sent
+            _log.info("broker stopped")
 
+    settings = broker.settings
+    metrics = None
+    if settings.metrics.enabled:
+        allowed = frozenset(settings.metrics.clients)
+        metrics = MetricsEndpoint(broker.metrics, broker.clients, allowed, broker.ids)
     routes = [
         Route(
             ISSUE_PATH,
-            IssueEndpoint(
-                broker.service, clock, broker.ids, broker.dpop, broker.settings.issuer + ISSUE_PATH
-            ),
+            IssueEndpoint(issuer, clock, broker.ids, broker.dpop, settings.issuer + ISSUE_PATH),
             methods=["POST"],
         ),
         Route(TOKEN_PATH, oauth.endpoint(TOKEN_PATH, oauth.token), methods=["POST"]),
@@ -199,8 +236,9 @@ def create_app(broker: Broker, clock: Clock) -> Router:
         Route(USAGE_PATH, oauth.endpoint(USAGE_PATH, oauth.usage), methods=["POST"]),
         Route(JWKS_PATH, jwks, methods=["GET"]),
         Route(METADATA_PATH, oauth_metadata, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
+        *operations_routes(readiness, metrics),
     ]
-    if broker.settings.console.enabled:
+    if settings.console.enabled:
         routes += Console(broker, clock).routes()
+    observe_routes(routes, broker.metrics, log=settings.logging.access)
     return Router(routes=routes, lifespan=lifespan)

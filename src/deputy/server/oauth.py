@@ -24,13 +24,10 @@ from deputy.oauth.token_request import (
     client_assertion,
 )
 from deputy.server.errors import JSON_TYPE, NO_STORE, json_body, render_error, respond
+from deputy.server.logs import REQUEST_ID
 from deputy.service.context import RequestContext
 from deputy.service.introspection import Introspection
-from deputy.service.issuance import (
-    DpopBinding,
-    IssuanceService,
-    verify_workload,
-)
+from deputy.service.issuance import DpopBinding, Issuer, verify_workload
 from deputy.service.request import decode_json_body
 from deputy.service.revocation import Revocations
 from deputy.service.usage import Reporter, UsageReports, parse_uses
@@ -83,6 +80,7 @@ class OAuthEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         rid = self._request_id(request)
+        REQUEST_ID.set(rid)  # for log lines of this request (its own task: no reset needed)
         try:
             status, document, extra = await self._handler(
                 request, _context(request, self._path, rid)
@@ -111,7 +109,7 @@ class OAuthEndpoints:
     def __init__(
         self,
         *,
-        service: IssuanceService,
+        service: Issuer,
         workloads: WorkloadVerifier,
         introspection: Introspection,
         revocations: Revocations,

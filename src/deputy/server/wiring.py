@@ -33,6 +33,8 @@ from deputy.oauth.client_auth import ClientAuthenticator, ClientEntry
 from deputy.oauth.endpoints import endpoint_urls
 from deputy.policy.model import Policy, policy_from_settings
 from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore
+from deputy.server.instruments import TimedAuditLog
+from deputy.server.metrics import BrokerMetrics
 from deputy.service.context import RequestContext
 from deputy.service.introspection import Introspection
 from deputy.service.issuance import IssuanceService
@@ -69,6 +71,7 @@ class Broker:
     clients: ClientAuthenticator
     dpop: DpopVerifier
     usage: UsageReports
+    metrics: BrokerMetrics
 
     async def start(self) -> None:
         """Prime every configured key set so the first requests need no fetch."""
@@ -77,8 +80,17 @@ class Broker:
         await self.audit.start()
 
     async def close(self) -> None:
+        """Commit what the audit writer was sent, then let it and the HTTP client go."""
         await self.http.aclose()
         await self.audit.aclose()
+
+    def use_policy(self, policy: Policy, settings: Settings) -> None:
+        """Decide new requests under ``policy`` (a reload); ``settings`` is the config with it."""
+        self.revocations.cover_lifetime(policy.max_ttl)  # first: never shorter than credentials
+        self.service.use_policy(policy)
+        self.policy = policy
+        self.settings = settings
+        self.metrics.policy_loaded(policy.version)
 
 
 def _source(location: str | None, issuer: str, http: httpx.AsyncClient) -> KeySource:
@@ -128,15 +140,18 @@ def check_key_files(settings: Settings) -> None:
             raise ConfigError(f"trust file: {err}") from None
 
 
-def build_broker(settings: Settings, clock: Clock) -> Broker:
-    """Wire the broker for ``settings``: embedded SQLite audit, file keys, memory counters."""
+def build_broker(settings: Settings, clock: Clock, metrics: BrokerMetrics | None = None) -> Broker:
+    """Wire the broker for ``settings``: embedded SQLite audit, file keys, memory counters.
+
+    ``metrics`` is the registry the broker reports to (a new one unless given).
+    """
     try:
-        return _build_broker(settings, clock)
+        return _build_broker(settings, clock, metrics or BrokerMetrics())
     except ValueError as err:  # a trust entry the settings model let through, named here
         raise ConfigError(f"invalid configuration: {err}") from None
 
 
-def _build_broker(settings: Settings, clock: Clock) -> Broker:
+def _build_broker(settings: Settings, clock: Clock, metrics: BrokerMetrics) -> Broker:
     http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
     caches: list[JwksCache] = []
 
@@ -160,6 +175,7 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
     own = frozenset({settings.issuer})
     reader = open_audit_reader(settings.data_dir)
     audit = ProcessAuditLog(settings.data_dir, reader, settings.signing_alg)
+    timed_audit = TimedAuditLog(audit, metrics)
     key_ring = open_published_keys(settings, clock)
     policy = policy_from_settings(settings)
     ids = IdSource(clock)
@@ -168,15 +184,14 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
     revocations = Revocations(
         issuer=settings.issuer,
         ledger=reader,
-        audit=audit,
+        audit=timed_audit,
         credentials=credentials,
         clock=clock,
         ids=ids,
         max_ttl=policy.max_ttl,
     )
-    workloads = WorkloadVerifier(
-        spiffe, oidc, clock, cache=VerifiedTokenCache(clock), reject_issuers=own
-    )
+    workload_cache, user_cache = VerifiedTokenCache(clock), VerifiedTokenCache(clock)
+    workloads = WorkloadVerifier(spiffe, oidc, clock, cache=workload_cache, reject_issuers=own)
     clients = ClientAuthenticator(
         [
             ClientEntry(
@@ -195,16 +210,18 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
     service = IssuanceService(
         policy=policy,
         workloads=workloads,
-        users=UserVerifier(users, clock, cache=VerifiedTokenCache(clock), reject_issuers=own),
+        users=UserVerifier(users, clock, cache=user_cache, reject_issuers=own),
         quota=quota,
         minter=Minter(settings.issuer, ids),
-        audit=audit,
+        audit=timed_audit,
         clock=clock,
         ids=ids,
         credentials=credentials,
         ledger=reader,
         revocations=revocations,
     )
+    metrics.watch_caches({"workload": workload_cache, "user": user_cache}, caches)
+    metrics.policy_loaded(policy.version)
     return Broker(
         settings=settings,
         policy=policy,
@@ -220,7 +237,8 @@ def _build_broker(settings: Settings, clock: Clock) -> Broker:
         introspection=Introspection(credentials, revocations),
         clients=clients,
         dpop=DpopVerifier(clock, ReplayCache(clock)),
-        usage=UsageReports(ledger=reader, audit=audit, clock=clock, ids=ids),
+        usage=UsageReports(ledger=reader, audit=timed_audit, clock=clock, ids=ids),
+        metrics=metrics,
     )
 
 

@@ -43,6 +43,7 @@ from deputy.tokens.verify import CredentialVerifier, VerifiedCredential
 __all__ = [
     "IssuanceService",
     "IssueResult",
+    "Issuer",
     "JsonIssue",
     "RequestContext",
     "WorkloadProof",
@@ -154,6 +155,12 @@ class IssueResult:
         }
 
 
+class Issuer(Protocol):
+    """What the adapters call: :class:`IssuanceService`, or a wrapper that observes it."""
+
+    async def issue(self, exchange: Exchange, context: RequestContext) -> IssueResult: ...
+
+
 @dataclass
 class _Trail:
     """What is known so far about a request, for the audit record whatever the outcome."""
@@ -162,6 +169,7 @@ class _Trail:
     execution_id: str
     time: float
     context: RequestContext
+    policy: Policy  # the one policy this request is decided under, whatever a reload does
     workload: Workload | None = None
     request: IssueRequest | None = None
     principal: Principal | None = None
@@ -255,10 +263,23 @@ class IssuanceService:
         self._clock = clock
         self._ids = ids
 
+    @property
+    def policy(self) -> Policy:
+        """The policy new requests are decided under."""
+        return self._policy
+
+    def use_policy(self, policy: Policy) -> None:
+        """Decide new requests under ``policy``; a request under way keeps the one it began with."""
+        self._policy = policy
+
     async def issue(self, exchange: Exchange, context: RequestContext) -> IssueResult:
         """Run one issuance; every outcome, allowed or denied, is audited before returning."""
         trail = _Trail(
-            self._ids.prefixed("dec"), self._ids.prefixed("exe"), self._clock.now(), context
+            self._ids.prefixed("dec"),
+            self._ids.prefixed("exe"),
+            self._clock.now(),
+            context,
+            self._policy,
         )
         try:
             return await self._issue(trail, exchange)
@@ -279,7 +300,7 @@ class IssuanceService:
             status=err.status_code,
             error=err.error,
             reasons=err.reasons,
-            policy_version=self._policy.version if trail.workflow else None,
+            policy_version=trail.policy.version,
         )
         try:
             await self._audit.append(record)
@@ -289,14 +310,15 @@ class IssuanceService:
     async def _issue(self, trail: _Trail, exchange: Exchange) -> IssueResult:
         trail.workload = await verify_workload(self._workloads, exchange.proofs())
         request = trail.request = exchange.parse(trail.workload)
-        workflow = self._select_workflow(trail.workload, request.workflow)
+        policy = trail.policy
+        workflow = _select_workflow(policy, trail.workload, request.workflow)
         trail.workflow = workflow.name
         subject = await self._establish_subject(trail, workflow, request)
         tools = request.tools
         if tools is None:
-            tools = resolve_targets(self._policy, workflow, request.targets, request.scopes)
+            tools = resolve_targets(policy, workflow, request.targets, request.scopes)
         decision = trail.decision = decide(
-            self._policy,
+            policy,
             workflow,
             subject,
             tools,
@@ -306,7 +328,7 @@ class IssuanceService:
         now = trail.time
         day = utc_day(now)
         assert trail.principal is not None
-        demands = self._demands(workflow, trail.principal, tools)
+        demands = _demands(policy, workflow, trail.principal, tools)
         try:
             if not decision.allow:
                 over = self._quota.exceeded(day, demands)
@@ -346,35 +368,6 @@ class IssuanceService:
             raise _audit_unavailable() from None
         credentials = tuple(d.signed(t) for d, t in zip(drafts, tokens, strict=True))
         return IssueResult(trail.execution_id, trail.decision_id, credentials)
-
-    def _select_workflow(self, workload: Workload, name: str | None) -> Workflow:
-        if name is not None:
-            workflow = self._policy.workflows.get(name)
-            if workflow is None:
-                raise InvalidRequest(f"unknown workflow '{name}'")
-            if not workflow.admits(workload.id):
-                raise AccessDenied(
-                    "policy denied the request",
-                    reasons=(
-                        Reason(
-                            "workflow.agents",
-                            f"workload {workload.id} is not one of the agents of workflow '{name}'",
-                        ),
-                    ),
-                )
-            return workflow
-        matches = self._policy.workflows_for(workload.id)
-        if not matches:
-            raise AccessDenied(
-                "policy denied the request",
-                reasons=(Reason("workflow.agents", f"no workflow admits workload {workload.id}"),),
-            )
-        if len(matches) > 1:
-            names = ", ".join(sorted(w.name for w in matches))
-            raise InvalidRequest(
-                f"workload matches several workflows ({names}); name one in `workflow`"
-            )
-        return matches[0]
 
     async def _establish_subject(
         self, trail: _Trail, workflow: Workflow, request: IssueRequest
@@ -491,26 +484,6 @@ class IssuanceService:
             workload.id, entry.user_id, entry.tier, delegation, may_act=entry.may_act, chain=chain
         )
 
-    def _demands(
-        self, workflow: Workflow, principal: Principal, tools: Mapping[str, object]
-    ) -> tuple[QuotaDemand, ...]:
-        counts: dict[str, int] = {}
-        for name in tools:
-            tool = self._policy.tools.get(name)
-            if tool is not None and name in workflow.tools:
-                counts[tool.category] = counts.get(tool.category, 0) + 1
-        return tuple(
-            QuotaDemand(
-                principal.issuer,
-                principal.user_id,
-                category,
-                amount,
-                workflow.rate_limits[category],
-            )
-            for category, amount in counts.items()
-            if category in workflow.rate_limits
-        )
-
     def _draft(
         self, trail: _Trail, workflow: Workflow, subject: Subject, decision: Decision
     ) -> tuple[CredentialDraft, ...]:
@@ -572,6 +545,59 @@ async def verify_workload(
     if found is None:
         raise InvalidRequest("no workload token was presented")
     return found
+
+
+def _select_workflow(policy: Policy, workload: Workload, name: str | None) -> Workflow:
+    """The named workflow if it admits the workload, else the only one that does."""
+    if name is not None:
+        workflow = policy.workflows.get(name)
+        if workflow is None:
+            raise InvalidRequest(f"unknown workflow '{name}'")
+        if not workflow.admits(workload.id):
+            raise AccessDenied(
+                "policy denied the request",
+                reasons=(
+                    Reason(
+                        "workflow.agents",
+                        f"workload {workload.id} is not one of the agents of workflow '{name}'",
+                    ),
+                ),
+            )
+        return workflow
+    matches = policy.workflows_for(workload.id)
+    if not matches:
+        raise AccessDenied(
+            "policy denied the request",
+            reasons=(Reason("workflow.agents", f"no workflow admits workload {workload.id}"),),
+        )
+    if len(matches) > 1:
+        names = ", ".join(sorted(w.name for w in matches))
+        raise InvalidRequest(
+            f"workload matches several workflows ({names}); name one in `workflow`"
+        )
+    return matches[0]
+
+
+def _demands(
+    policy: Policy, workflow: Workflow, principal: Principal, tools: Mapping[str, object]
+) -> tuple[QuotaDemand, ...]:
+    """What the request takes of each rate-limited category of its workflow."""
+    counts: dict[str, int] = {}
+    for name in tools:
+        tool = policy.tools.get(name)
+        if tool is not None and name in workflow.tools:
+            counts[tool.category] = counts.get(tool.category, 0) + 1
+    return tuple(
+        QuotaDemand(
+            principal.issuer,
+            principal.user_id,
+            category,
+            amount,
+            workflow.rate_limits[category],
+        )
+        for category, amount in counts.items()
+        if category in workflow.rate_limits
+    )
 
 
 def _audit_unavailable() -> TemporarilyUnavailable:

@@ -81,6 +81,13 @@ class Revocations:
         self._ids = ids
         self._list = RevocationList()
 
+    def cover_lifetime(self, max_ttl: int) -> None:
+        """Make revocations outlive credentials of up to ``max_ttl`` seconds (a reloaded policy).
+
+        Only ever lengthens: credentials issued under the previous policy may still be live.
+        """
+        self._max_ttl = max(self._max_ttl, max_ttl)
+
     async def sync(self) -> None:
         now = self._clock.now()
         try:

@@ -163,3 +163,45 @@ def test_not_yaml(tmp_path: Path) -> None:
     path.write_text("issuer: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(path)
+
+
+SECRET_SHA256 = "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("operations", "expected"),
+    [
+        ({"metrics": {"enabled": True, "clients": ["prometheus"]}}, "'prometheus' is not a client"),
+        (
+            {
+                "clients": {"prometheus": {"jwks": "https://idp.example/jwks"}},
+                "metrics": {"enabled": True, "clients": ["prometheus"]},
+            },
+            "client 'prometheus' has no `secret_sha256`",
+        ),
+        ({"metrics": {"enabled": "yes"}}, "metrics.enabled: Input should be a valid boolean"),
+        ({"logging": {"level": "verbose"}}, "logging.level: Input should be 'debug'"),
+        ({"server": {"shutdown_grace_seconds": 0}}, "server.shutdown_grace_seconds"),
+    ],
+    ids=["unknown-scraper", "scraper-without-secret", "enabled-not-bool", "level", "grace-0"],
+)
+def test_operations_settings_are_checked(
+    operations: dict[str, object], expected: str, tmp_path: Path
+) -> None:
+    doc = {**example(), **operations}
+    with pytest.raises(ConfigError) as err:
+        parse_settings(doc, tmp_path)
+    assert expected in str(err.value)
+
+
+def test_operations_defaults_are_quiet_and_closed(tmp_path: Path) -> None:
+    settings = parse_settings(example(), tmp_path)
+    assert settings.metrics.enabled is False and settings.metrics.clients == ()
+    assert settings.logging.level == "info" and settings.logging.access is False
+    assert settings.server.shutdown_grace_seconds == 30
+    doc = {
+        **example(),
+        "clients": {"prometheus": {"secret_sha256": SECRET_SHA256}},
+        "metrics": {"enabled": True, "clients": ["prometheus"]},
+    }
+    assert parse_settings(doc, tmp_path).metrics.clients == ("prometheus",)

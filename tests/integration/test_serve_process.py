@@ -1,0 +1,215 @@
+"""`deputy serve` as operators run it: JSON logs, SIGTERM drains, SIGHUP reloads the policy."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt as pyjwt
+import yaml
+
+from deputy.audit.log import AuditFilter
+from deputy.devtools.broker_process import BrokerProcess
+from deputy.store.sqlite.audit_reader import open_audit_reader
+from tests.integration.deployment import Deployment, write_deployment
+from tests.integration.scrape import sample, samples
+
+DEADLINE_SECONDS = 20.0
+LOAD_THREADS = 4
+
+
+def log_lines(broker: BrokerProcess) -> list[dict[str, Any]]:
+    """Every line the broker wrote to stderr, each of which must be one JSON object."""
+    return [json.loads(line) for line in broker.log.read_text().splitlines()]
+
+
+def edit_config(d: Deployment, change: Callable[[dict[str, Any]], None]) -> None:
+    doc = yaml.safe_load(d.config_path.read_text())
+    change(doc)
+    d.config_path.write_text(yaml.safe_dump(doc))
+
+
+def jti(token: str) -> str:
+    value: str = pyjwt.decode(token, options={"verify_signature": False})["jti"]
+    return value
+
+
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    """Bytes received until ``marker`` has arrived or the peer closed the connection."""
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def wait_until_refused(port: int) -> None:
+    """Bounded polling until the listening socket is closed: the shutdown has begun."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the broker kept accepting connections after SIGTERM")
+
+
+def test_sigterm_finishes_issuances_under_way_then_exits_0(tmp_path: Path) -> None:
+    d = write_deployment(tmp_path)
+    broker = BrokerProcess(d.config_path).start()
+    svid, alice = d.svid(), d.idp.user_token("alice", "pro")
+    body = {"agent_id": "a", "user_token": alice, "tools": ["pricing_api"]}
+    statuses: list[int] = []
+    tokens: list[str] = []
+    lock = threading.Lock()
+    loaded = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=broker.url, timeout=30) as http:
+            while True:
+                try:
+                    r = http.post("/issue", json=body, headers={"Authorization": f"Bearer {svid}"})
+                except httpx.TransportError:
+                    return  # the broker stopped taking requests
+                with lock:
+                    statuses.append(r.status_code)
+                    if r.status_code == 200:
+                        tokens.extend(c["access_token"] for c in r.json()["credentials"].values())
+                    if len(statuses) >= 40:
+                        loaded.set()
+
+    threads = [threading.Thread(target=load) for _ in range(LOAD_THREADS)]
+    for t in threads:
+        t.start()
+    assert loaded.wait(timeout=60)
+
+    # A slow client: headers sent, the app is reading the body (uvicorn says 100 Continue).
+    payload = json.dumps(body).encode()
+    slow = socket.create_connection(("127.0.0.1", broker.port), timeout=30)
+    slow.sendall(
+        (
+            f"POST /issue HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {svid}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            "X-Request-ID: slow-1\r\nExpect: 100-continue\r\n\r\n"
+        ).encode()
+    )
+    assert read_until(slow, b"\r\n\r\n").startswith(b"HTTP/1.1 100 Continue")
+
+    broker.send(signal.SIGTERM)
+    wait_until_refused(broker.port)  # stopped accepting...
+    slow.sendall(payload)  # ...yet the request under way still completes
+    answer = read_to_end(slow)  # the broker closes the connection after this last answer
+    slow.close()
+    for t in threads:
+        t.join(timeout=60)
+    exit_status = broker.wait(timeout=60)
+
+    head, _, slow_body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer
+    assert b"connection: close" in head.lower()
+    slow_token = json.loads(slow_body)["credentials"]["pricing_api"]["access_token"]
+    assert exit_status == 0
+    assert set(statuses) == {200}  # clients saw answers or a closed connection, never an error
+    log = open_audit_reader(d.settings.data_dir)
+    jtis = {jti(t) for t in [*tokens, slow_token]}
+    missing = [j for j in jtis if not list(log.query(AuditFilter(jti=j, limit=1)))]
+    assert missing == []
+    (slow_record,) = log.query(AuditFilter(jti=jti(slow_token)))
+    assert slow_record.record["request_id"] == "slow-1"
+    report = log.verify()
+    assert report.ok and report.records == len(statuses) + 1
+    assert log_lines(broker)[-1]["message"] == "broker stopped"
+
+
+def test_json_log_lines_carry_request_ids_and_no_tokens(tmp_path: Path) -> None:
+    d = write_deployment(tmp_path, lambda doc: doc.update(logging={"access": True}))
+    svid, alice = d.svid(), d.idp.user_token("alice", "pro")
+    with BrokerProcess(d.config_path) as broker:
+        r = httpx.post(
+            f"{broker.url}/issue",
+            json={"agent_id": "a", "user_token": alice, "tools": ["pricing_api"]},
+            headers={"Authorization": f"Bearer {svid}", "X-Request-ID": "req-json-1"},
+        )
+        assert r.status_code == 200
+        refused = httpx.post(f"{broker.url}/issue", json={}, headers={"X-Request-ID": "req-2"})
+        assert refused.status_code == 401
+        broker.send(signal.SIGTERM)
+        assert broker.wait() == 0
+    lines = log_lines(broker)
+    access = [line for line in lines if line["logger"] == "deputy.access"]
+    issued = [line for line in access if line.get("request_id") == "req-json-1"]
+    assert [(x["method"], x["route"], x["status"]) for x in issued] == [("POST", "/issue", 200)]
+    assert any(x.get("request_id") == "req-2" and x["status"] == 401 for x in access)
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    text = broker.log.read_text()
+    for secret in (svid, alice, r.json()["credentials"]["pricing_api"]["access_token"]):
+        assert secret not in text
+
+
+def test_sighup_reloads_the_policy_and_keeps_it_when_the_file_is_broken(tmp_path: Path) -> None:
+    d = write_deployment(tmp_path, lambda doc: doc.update(metrics={"enabled": True}))
+    svid, bob = d.svid(), d.idp.user_token("bob", "free")
+    body = {"agent_id": "a", "user_token": bob, "tools": ["pricing_api"]}
+    headers = {"Authorization": f"Bearer {svid}"}
+    with BrokerProcess(d.config_path) as broker, httpx.Client(base_url=broker.url) as http:
+
+        def reloads(result: str) -> float:
+            """Bounded polling until the broker has handled the SIGHUP."""
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while time.monotonic() < deadline:
+                found = samples(http.get("/metrics").text)
+                value = sample(found, "deputy_config_reloads_total", result=result)
+                if value:
+                    return value
+                time.sleep(0.02)
+            raise AssertionError(f"no {result} reload within {DEADLINE_SECONDS} s")
+
+        assert http.post("/issue", json=body, headers=headers).status_code == 403
+
+        def admit_free_users_elsewhere(doc: dict[str, Any]) -> None:
+            doc["workflows"]["customer-support"]["tiers"].append("free")
+            doc["issuer"] = "https://elsewhere.internal"
+
+        edit_config(d, admit_free_users_elsewhere)
+        broker.send(signal.SIGHUP)
+        assert reloads("applied") == 1
+        allowed = http.post("/issue", json=body, headers=headers)
+        metadata = http.get("/.well-known/oauth-authorization-server").json()
+
+        edit_config(d, lambda doc: doc["workflows"]["customer-support"]["ttl"].update(max="long"))
+        broker.send(signal.SIGHUP)
+        assert reloads("rejected") == 1
+        still = http.post("/issue", json=body, headers=headers)
+        broker.send(signal.SIGTERM)
+        assert broker.wait() == 0
+
+    assert allowed.status_code == 200 and still.status_code == 200
+    assert metadata["issuer"] == "https://deputy.internal"  # needs a restart
+    versions = [
+        s.record["policy_version"]
+        for s in open_audit_reader(d.settings.data_dir).query(AuditFilter())
+    ]
+    assert len(versions) == 3 and versions[0] != versions[1] == versions[2]
+    lines = log_lines(broker)
+    (restart,) = [line for line in lines if "restart_needed" in line]
+    assert restart["level"] == "warning" and restart["restart_needed"] == ["issuer"]
+    (rejected,) = [line for line in lines if line["message"].startswith("config reload rejected")]
+    assert rejected["level"] == "error"
+    assert "workflows.customer-support.ttl.max" in rejected["problem"]
