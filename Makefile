@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test lint fmt bench bench-audit clean
+.PHONY: install browser services demo test lint fmt bench bench-audit clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,16 @@ install: $(STAMP)
 # The console's browser tests drive Debian's chromium (Playwright downloads no browser).
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# The scale-out backends' tests use PostgreSQL (trust auth) and Redis on loopback: start
+# them when they are installed but not running, install them when they are missing.
+services:
+	pg_isready -q -h 127.0.0.1 -p 5432 || ( \
+	  command -v pg_ctlcluster >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql); \
+	  service postgresql start && for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done)
+	redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || ( \
+	  command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server); \
+	  redis-server --daemonize yes --bind 127.0.0.1 --save '' --appendonly no)
 
 demo: $(STAMP)
 	$(BIN)/deputy demo
