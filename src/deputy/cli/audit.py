@@ -18,8 +18,7 @@ import typer
 from deputy.audit.forensics import parse_moment, timeline_of
 from deputy.audit.log import AuditFilter
 from deputy.audit.record import StoredRecord
-from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
-from deputy.store.sqlite.audit_reader import open_audit_reader
+from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, audit_reader, load_or_exit
 
 app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 
@@ -36,7 +35,8 @@ def parse_since(value: str, now: float) -> float:
 def verify(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Check the hash chain; name the first bad record. Exit 1 if the chain is broken."""
     settings = load_or_exit(config)
-    report = open_audit_reader(settings.data_dir).verify()
+    with audit_reader(settings) as reader:
+        report = reader.verify()
     if report.ok:
         typer.echo(f"audit chain ok: {report.records} records")
         return
@@ -125,11 +125,12 @@ def query(
         since=parse_since(since, time.time()) if since else None,
         limit=limit,
     )
-    for stored in open_audit_reader(settings.data_dir).query(audit_filter):
-        if as_json:
-            typer.echo(json.dumps({**stored.record, "seq": stored.seq, "hash": stored.hash}))
-        else:
-            typer.echo(f"#{stored.seq} {_line(stored.record)}")
+    with audit_reader(settings) as reader:
+        for stored in reader.query(audit_filter):
+            if as_json:
+                typer.echo(json.dumps({**stored.record, "seq": stored.seq, "hash": stored.hash}))
+            else:
+                typer.echo(f"#{stored.seq} {_line(stored.record)}")
 
 
 def _iso(value: object) -> str:
@@ -195,7 +196,8 @@ def timeline(
 ) -> None:
     """One execution: decisions, the credentials each minted, and each reported use of them."""
     settings = load_or_exit(config)
-    records = timeline_of(open_audit_reader(settings.data_dir), execution)
+    with audit_reader(settings) as reader:
+        records = timeline_of(reader, execution)
     if not records:
         typer.echo(f"no records for execution {_shown(execution)}", err=True)
         raise typer.Exit(1)
@@ -277,24 +279,25 @@ def export(
     if output is not None and not force and output.exists():
         typer.echo(f"error: {output} exists; use --force to replace it", err=True)
         raise typer.Exit(1)
-    records = open_audit_reader(settings.data_dir).export(start, end)
-    if output is None:
+    with audit_reader(settings) as reader:
+        records = reader.export(start, end)
+        if output is None:
+            try:
+                write_export(records, sys.stdout)
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # The reader went away (`| head`): stop quietly, and keep Python from
+                # complaining again when it flushes stdout at exit.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                raise typer.Exit(0) from None
+            return
         try:
-            write_export(records, sys.stdout)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            # The reader went away (`| head`): stop quietly, and keep Python from
-            # complaining again when it flushes stdout at exit.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(0) from None
-        return
-    try:
-        count = _export_to_file(records, output, force=force)
-    except FileExistsError:
-        typer.echo(f"error: {output} exists; use --force to replace it", err=True)
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        typer.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"exported {count} records to {output}", err=True)
+            count = _export_to_file(records, output, force=force)
+        except FileExistsError:
+            typer.echo(f"error: {output} exists; use --force to replace it", err=True)
+            raise typer.Exit(1) from None
+        except OSError as exc:
+            typer.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"exported {count} records to {output}", err=True)

@@ -7,13 +7,13 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from deputy.audit.forensics import ledger_snapshot
-from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
+from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, audit_reader, load_or_exit
+from deputy.config.settings import Settings
 from deputy.errors import StoreUnavailable
 from deputy.policy.blast_radius import (
     LedgerSnapshot,
@@ -25,18 +25,17 @@ from deputy.policy.blast_radius import (
     blast_radius as compute_blast_radius,
 )
 from deputy.policy.model import policy_from_settings
-from deputy.store.sqlite.audit_reader import DB_FILE, open_audit_reader
+from deputy.store.audit_store import has_audit_log
 
 
 def read_ledger(
-    data_dir: Path, now: float, *, workload: str | None = None, user: str | None = None
+    settings: Settings, now: float, *, workload: str | None = None, user: str | None = None
 ) -> LedgerSnapshot:
-    """The ledger as the data dir's audit log tells it; empty if the broker never wrote one."""
-    if not (data_dir / DB_FILE).exists():
+    """The ledger as the configured audit log tells it; empty if the broker never wrote one."""
+    if not has_audit_log(settings):
         return LedgerSnapshot(now)
-    reader = open_audit_reader(data_dir)
-    snapshot = ledger_snapshot(reader, now, workload=workload, user=user)
-    return asyncio.run(snapshot)
+    with audit_reader(settings) as reader:
+        return asyncio.run(ledger_snapshot(reader, now, workload=workload, user=user))
 
 
 def _when(epoch: int) -> str:
@@ -89,7 +88,7 @@ def blast_radius(
     settings = load_or_exit(config)
     policy = policy_from_settings(settings)
     try:
-        ledger = read_ledger(settings.data_dir, time.time(), workload=target, user=user)
+        ledger = read_ledger(settings, time.time(), workload=target, user=user)
     except StoreUnavailable as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

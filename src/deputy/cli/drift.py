@@ -12,12 +12,12 @@ import yaml
 
 from deputy.audit.forensics import activity_since
 from deputy.cli.audit import parse_since
-from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
+from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, audit_reader, load_or_exit
 from deputy.config.loader import parse_settings
 from deputy.errors import ConfigError
-from deputy.policy.drift import document_diff, drift, suggested
+from deputy.policy.drift import Issued, Used, document_diff, drift, suggested
 from deputy.policy.model import policy_from_settings
-from deputy.store.sqlite.audit_reader import DB_FILE, open_audit_reader
+from deputy.store.audit_store import has_audit_log
 
 
 def _count(n: int) -> str:
@@ -36,11 +36,11 @@ def drift_command(
     settings = load_or_exit(config)
     policy = policy_from_settings(settings)
     start = parse_since(since, time.time())
-    issued, used = (
-        activity_since(open_audit_reader(settings.data_dir), start)
-        if (settings.data_dir / DB_FILE).exists()
-        else ([], None)
-    )
+    issued: list[Issued] = []
+    used: list[Used] | None = None
+    if has_audit_log(settings):
+        with audit_reader(settings) as reader:
+            issued, used = activity_since(reader, start)
     report = drift(policy, issued, used)
     document = yaml.safe_load(config.read_text(encoding="utf-8"))
     proposal = suggested(document, policy, report)

@@ -1,4 +1,4 @@
-"""`deputy` command: serve, keys, audit, revoke, clients, policy, blast-radius, drift, demo."""
+"""`deputy` command: serve, keys, audit, revoke, clients, policy, db, blast-radius, drift, demo."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from deputy.cli import audit, blast_radius, clients, keys, policy
+from deputy.cli import audit, blast_radius, clients, db, keys, policy
 from deputy.cli.drift import drift_command
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
 from deputy.cli.revoke import revoke
@@ -27,6 +27,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
 app.add_typer(clients.app, name="clients")
 app.add_typer(policy.app, name="policy")
+app.add_typer(db.app, name="db")
 app.command(name="blast-radius")(blast_radius.blast_radius)
 app.command(name="drift")(drift_command)
 app.command()(revoke)

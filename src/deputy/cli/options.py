@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +11,7 @@ import typer
 
 from deputy.config import Settings, load_settings
 from deputy.errors import ConfigError
+from deputy.store.audit_store import AuditReaderStore, open_reader
 
 DEFAULT_CONFIG = Path("deputy.yaml")
 ConfigOption = Annotated[
@@ -23,3 +26,17 @@ def load_or_exit(path: Path) -> Settings:
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def audit_reader(settings: Settings) -> Iterator[AuditReaderStore]:
+    """The configured audit store's reader, closed after use; a config problem exits 2."""
+    try:
+        reader = open_reader(settings)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        yield reader
+    finally:
+        reader.close()

@@ -142,6 +142,9 @@ class Settings(_Strict):
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     signing_alg: Literal["ES256", "ES384", "PS256", "RS256"] = "ES256"
+    # Where records go: None is SQLite in the data dir; a postgresql:// URL is shared by
+    # every replica (audit, revocations, ledger). ``deputy db upgrade`` creates the schema.
+    storage: Annotated[StrictStr, Field(pattern=r"^postgresql(\+psycopg)?://\S+$")] | None = None
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from deputy.audit.log import AuditLog
 from deputy.clock import Clock, SystemClock
 from deputy.config.loader import is_url
 from deputy.config.settings import Settings
@@ -40,10 +41,10 @@ from deputy.service.introspection import Introspection
 from deputy.service.issuance import IssuanceService
 from deputy.service.revocation import RevocationOutcome, Revocations
 from deputy.service.usage import UsageReports
+from deputy.store.audit_store import AuditReaderStore, AuditStore, open_audit_store
 from deputy.store.key_files import KEYS_DIR, FileKeyStore
 from deputy.store.sqlite.audit import open_audit_log
-from deputy.store.sqlite.audit_process import ProcessAuditLog
-from deputy.store.sqlite.audit_reader import SqliteAuditReader, open_audit_reader
+from deputy.store.sqlite.audit_reader import open_audit_reader
 from deputy.tokens.dpop import DpopVerifier
 from deputy.tokens.key_ring import KeyRing
 from deputy.tokens.mint import Minter
@@ -60,8 +61,8 @@ class Broker:
     policy: Policy
     service: IssuanceService
     key_ring: KeyRing
-    audit: ProcessAuditLog
-    audit_reader: SqliteAuditReader
+    audit: AuditStore
+    audit_reader: AuditReaderStore
     caches: tuple[JwksCache, ...]
     http: httpx.AsyncClient
     ids: IdSource
@@ -173,10 +174,12 @@ def _build_broker(settings: Settings, clock: Clock, metrics: BrokerMetrics) -> B
         for u in settings.users
     ]
     own = frozenset({settings.issuer})
-    reader = open_audit_reader(settings.data_dir)
-    audit = ProcessAuditLog(settings.data_dir, reader, settings.signing_alg)
+    # SQLite signs in its writer process, so the broker holds public keys only; PostgreSQL
+    # signs in the broker (each replica), which therefore loads the private keys.
+    private_keys = open_key_ring(settings, clock) if settings.storage is not None else None
+    key_ring = private_keys or open_published_keys(settings, clock)
+    audit, reader = open_audit_store(settings, clock, private_keys)
     timed_audit = TimedAuditLog(audit, metrics)
-    key_ring = open_published_keys(settings, clock)
     policy = policy_from_settings(settings)
     ids = IdSource(clock)
     quota = MemoryQuotaStore(lambda day: reader.issued_counts(day * SECONDS_PER_DAY))
@@ -249,11 +252,17 @@ async def revoke_now(
     reason: str | None,
     clock: Clock | None = None,
 ) -> RevocationOutcome:
-    """Revoke through the data dir's own store, whether or not a broker is running on it."""
+    """Revoke through the configured store, whether or not a broker is running on it."""
     clock = clock or SystemClock()
     ids = IdSource(clock)
-    reader = open_audit_reader(settings.data_dir)
-    audit = open_audit_log(settings.data_dir, clock=clock)
+    audit: AuditLog
+    if settings.storage is None:
+        reader: AuditReaderStore = open_audit_reader(settings.data_dir)
+        audit = open_audit_log(settings.data_dir, clock=clock)
+    else:  # a revocation record signs nothing: no keys needed
+        store, reader = open_audit_store(settings, clock, None)
+        await store.start()
+        audit = store
     try:
         revocations = Revocations(
             issuer=settings.issuer,

@@ -46,6 +46,9 @@ class SqliteAuditReader:
         self._head_key = head_key
         self._timeout = busy_timeout_ms / 1000
 
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes its own connection."""
+
     def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]:
         """Records matching the filter, in seq order."""
         sql, params = select_records(audit_filter)
