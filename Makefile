@@ -18,12 +18,13 @@ install: $(STAMP)
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-# The scale-out backends' tests use PostgreSQL (trust auth) and Redis on loopback: start
-# them when they are installed but not running, install them when they are missing.
+# The scale-out tests use PostgreSQL (trust auth) and Redis on loopback, and nginx in front
+# of replicas: start the services when installed but stopped, install what is missing.
 services:
 	pg_isready -q -h 127.0.0.1 -p 5432 || ( \
 	  command -v pg_ctlcluster >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql); \
 	  service postgresql start && for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done)
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || (apt-get update -qq && apt-get install -y -qq nginx-light)
 	redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || ( \
 	  command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server); \
 	  redis-server --daemonize yes --bind 127.0.0.1 --save '' --appendonly no)
