@@ -7,12 +7,12 @@ import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from deputy.audit.log import AuditFilter
-from deputy.audit.record import DecisionRecord, IssuedCredential
+from deputy.audit.record import DecisionRecord, IssuedCredential, StoredRecord
 from deputy.clock import FakeClock
 from deputy.store.sqlite import SqliteAuditLog
 from deputy.store.sqlite.audit_tables import select_records
@@ -83,7 +83,13 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteAuditLog]:
         yield audit_log
 
 
-def seqs(audit_log: SqliteAuditLog, **filters: Any) -> list[int]:
+class Queryable(Protocol):
+    """Any audit store: these helpers serve the SQLite and the PostgreSQL tests alike."""
+
+    def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]: ...
+
+
+def seqs(audit_log: Queryable, **filters: Any) -> list[int]:
     return [stored.seq for stored in audit_log.query(AuditFilter(**filters))]
 
 
@@ -95,7 +101,7 @@ def tools_of(body: dict[str, Any]) -> set[str]:
     )
 
 
-def expected(audit_log: SqliteAuditLog, **filters: Any) -> list[int]:
+def expected(audit_log: Queryable, **filters: Any) -> list[int]:
     """The seqs a filter must select, in seq order, found by reading every record."""
     found = []
     for stored in audit_log.query(AuditFilter(limit=10_000)):
@@ -114,7 +120,7 @@ def expected(audit_log: SqliteAuditLog, **filters: Any) -> list[int]:
     return found
 
 
-def newest_first_pages(audit_log: SqliteAuditLog, page: int, **filters: Any) -> list[list[int]]:
+def newest_first_pages(audit_log: Queryable, page: int, **filters: Any) -> list[list[int]]:
     """Every page of a filter newest first, each below the last seq of the one before."""
     pages: list[list[int]] = []
     cursor: int | None = None

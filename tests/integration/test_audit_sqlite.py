@@ -20,42 +20,15 @@ from deputy.errors import StoreUnavailable
 from deputy.store.sqlite import SqliteAuditLog, open_audit_log
 from deputy.store.sqlite.audit_reader import SqliteAuditReader
 from deputy.store.sqlite.audit_tables import MIGRATIONS, SCHEMA, SCHEMA_VERSION
-
-KEY = b"audit-head-key-for-tests-32bytes!"
-IDP = "https://idp.example"
-T0 = 1_800_000_000.0
-HOSTILE = 'a\nb\r\x00\x1b[2J\u2028 "q" \\ caf\u00e9 \U0001f916 \'); DROP TABLE records;--'
-
-
-def make_record(i: int, **overrides: Any) -> DecisionRecord:
-    fields: dict[str, Any] = {
-        "decision_id": f"dec-{i}",
-        "time": T0 + i,
-        "endpoint": "/issue",
-        "outcome": "allow",
-        "status": 200,
-        "request_id": f"req-{i}",
-        "client_address": "127.0.0.1",
-        "workload_id": f"spiffe://example.org/agent/{i % 2}",
-        "agent_instance": f"inst-{i % 3}",
-        "user_id": f"user-{i % 4}",
-        "user_issuer": IDP,
-        "execution_id": f"exec-{i % 5}",
-        "credentials": (
-            IssuedCredential(
-                jti=f"jti-{i}",
-                tool="github",
-                audience="https://api.github.com",
-                scope="repo:read",
-                category="code",
-                expires_at=int(T0) + i + 300,
-            ),
-        ),
-        "policy_version": "v1",
-        "workflow": "code-review",
-    }
-    fields.update(overrides)
-    return DecisionRecord(**fields)
+from tests.audit_records import (
+    HOSTILE,
+    IDP,
+    KEY,
+    T0,
+    make_record,
+    revocation_record,
+    usage_record,
+)
 
 
 @pytest.fixture
@@ -457,23 +430,6 @@ async def test_in_process_log_signs_only_with_a_signer(db: Path, tmp_path: Path)
         assert token.count(".") == 2 and seqs(signed) == [1]
 
 
-def revocation_record(i: int, value: str) -> DecisionRecord:
-    return make_record(
-        i,
-        outcome="revoke",
-        credentials=(),
-        requested_by="client:security-team",
-        revocation={
-            "selector": "execution_id",
-            "value": value,
-            "issued_before": int(T0) + i,
-            "expires_at": int(T0) + i + 86_400,
-            "reason": None,
-            "live_credentials": 1,
-        },
-    )
-
-
 @pytest.mark.parametrize(
     ("statements", "first_bad", "words"),
     [
@@ -700,27 +656,6 @@ async def test_tool_rows_are_checked_against_their_records(
     assert not report.ok
     assert report.first_bad_seq == first_bad, report.problem
     assert words in (report.problem or ""), report.problem
-
-
-def usage_record(i: int, jtis: list[str]) -> DecisionRecord:
-    return make_record(
-        i,
-        endpoint="/usage",
-        outcome="usage",
-        credentials=(),
-        execution_id=None,
-        requested_by="client:crm-api",
-        uses=tuple(
-            {
-                "jti": jti,
-                "tool": "github",
-                "operation": f"GET /repos/{n}",
-                "outcome": 200,
-                "time": T0 + i + n / 10,
-            }
-            for n, jti in enumerate(jtis)
-        ),
-    )
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,7 @@ from deputy.clock import FakeClock
 from deputy.errors import StoreUnavailable
 from deputy.store.postgres import PostgresAuditLog, PostgresAuditReader, PostgresAuditWriter
 from deputy.store.postgres.chains import record_link
-from tests.postgres.conftest import fetch, raw
-from tests.postgres.records import (
+from tests.audit_records import (
     HOSTILE,
     IDP,
     KEY,
@@ -31,6 +30,7 @@ from tests.postgres.records import (
     revocation_record,
     usage_record,
 )
+from tests.postgres.conftest import fetch, raw
 
 
 @pytest.fixture

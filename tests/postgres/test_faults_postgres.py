@@ -25,9 +25,9 @@ from deputy.store.key_files import FileKeyStore
 from deputy.store.postgres import PostgresAuditLog, PostgresAuditReader, Timeouts
 from deputy.tokens.key_ring import KeyRing
 from deputy.tokens.mint import TokenSigner
+from tests.audit_records import KEY, T0, make_record
 from tests.postgres.conftest import fetch, raw
 from tests.postgres.proxy import Proxy
-from tests.postgres.records import KEY, T0, make_record
 
 FAST = Timeouts(connect=2.0, statement=1.0, lock=0.5, call=1.0)
 

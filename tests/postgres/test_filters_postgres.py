@@ -17,9 +17,18 @@ from deputy.audit.log import AuditFilter
 from deputy.clock import FakeClock
 from deputy.store.postgres import PostgresAuditLog, PostgresAuditWriter, upgrade
 from deputy.store.postgres.reader import select_records
-from tests.integration.test_audit_filters import COMMON, EXTRAS, RARE, RECORDS, record, tools_of
+from tests.audit_records import KEY, T0
+from tests.integration.test_audit_filters import (
+    COMMON,
+    EXTRAS,
+    RARE,
+    RECORDS,
+    expected,
+    newest_first_pages,
+    record,
+    seqs,
+)
 from tests.postgres.conftest import create_database, drop_database, fetch
-from tests.postgres.records import KEY, T0
 
 
 @pytest.fixture(scope="module")
@@ -38,41 +47,6 @@ def log(postgres_server: str) -> Iterator[PostgresAuditLog]:
             yield audit_log
     finally:
         drop_database(url)
-
-
-def seqs(audit_log: PostgresAuditLog, **filters: Any) -> list[int]:
-    return [stored.seq for stored in audit_log.query(AuditFilter(**filters))]
-
-
-def expected(audit_log: PostgresAuditLog, **filters: Any) -> list[int]:
-    """The seqs a filter must select, in seq order, found by reading every record."""
-    found = []
-    for stored in audit_log.query(AuditFilter(limit=10_000)):
-        body = stored.record
-        if (
-            ("tool" not in filters or filters["tool"] in tools_of(body))
-            and all(
-                body[name] == filters[name]
-                for name in ("outcome", "execution_id", "agent_instance", "workload_id", "user_id")
-                if name in filters
-            )
-            and ("jti" not in filters or filters["jti"] in {c["jti"] for c in body["credentials"]})
-            and ("since" not in filters or body["time"] >= filters["since"])
-        ):
-            found.append(stored.seq)
-    return found
-
-
-def newest_first_pages(audit_log: PostgresAuditLog, page: int, **filters: Any) -> list[list[int]]:
-    pages: list[list[int]] = []
-    cursor: int | None = None
-    while True:
-        found = seqs(audit_log, **filters, newest_first=True, before_seq=cursor, limit=page)
-        if not found:
-            return pages
-        assert len(found) <= page
-        pages.append(found)
-        cursor = found[-1]
 
 
 def test_denials_are_found_by_the_tools_they_asked_for(log: PostgresAuditLog) -> None:

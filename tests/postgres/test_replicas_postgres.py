@@ -15,8 +15,8 @@ import pytest
 from deputy.audit.log import AuditFilter
 from deputy.clock import FakeClock
 from deputy.store.postgres import PostgresAuditLog, PostgresAuditReader, PostgresAuditWriter
+from tests.audit_records import KEY, T0, make_record
 from tests.postgres.conftest import fetch, raw
-from tests.postgres.records import KEY, T0, make_record
 from tests.postgres.writer_process import record
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ from deputy.store.postgres import (
 from deputy.store.postgres.connect import Timeouts, make_engine
 from deputy.store.postgres.schema import downgrade, head_revisions
 from deputy.store.postgres.tables import metadata
+from tests.audit_records import KEY, make_record
 from tests.postgres.conftest import fetch, raw
-from tests.postgres.records import KEY, make_record
 
 
 def test_upgrade_creates_the_schema_the_code_declares(empty_url: str) -> None:

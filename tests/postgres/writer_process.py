@@ -17,7 +17,7 @@ from dataclasses import replace
 from deputy.audit.record import DecisionRecord
 from deputy.errors import StoreUnavailable
 from deputy.store.postgres import PostgresAuditLog
-from tests.postgres.records import KEY, make_record, revocation_record
+from tests.audit_records import KEY, make_record, revocation_record
 
 WAVE = 50
 

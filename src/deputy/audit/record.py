@@ -97,3 +97,20 @@ class StoredRecord:
     record: dict[str, Any]
     prev_hash: str
     hash: str
+
+
+def tools_of(body: dict[str, Any]) -> set[str]:
+    """The tools a stored record body concerns: the keys of ``tools_requested`` and the text
+    ``tool`` of each credential and use, once each. What a filter by tool finds a record by,
+    so every store derives its tool rows (and verify checks them) with this one rule."""
+    tools: set[str] = set()
+    requested = body.get("tools_requested")
+    if isinstance(requested, dict):
+        tools.update(requested)
+    for name in ("credentials", "uses"):
+        entries = body.get(name)
+        if isinstance(entries, list):
+            tools.update(
+                e["tool"] for e in entries if isinstance(e, dict) and isinstance(e.get("tool"), str)
+            )
+    return tools

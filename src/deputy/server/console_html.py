@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from deputy.audit.log import LedgerEntry
-from deputy.audit.record import StoredRecord
+from deputy.audit.record import StoredRecord, tools_of
 from deputy.audit.revocation import SELECTORS
 from deputy.policy.blast_radius import BlastRadius, WorkflowReach
 from deputy.policy.drift import WorkflowDrift
@@ -145,10 +145,7 @@ def filter_form(params: Mapping[str, str]) -> str:
 
 def record_row(stored: StoredRecord) -> list[str]:
     record = stored.record
-    tools = sorted(
-        {*(record.get("tools_requested") or {})}
-        | {str(c.get("tool")) for c in record.get("credentials") or () if isinstance(c, dict)}
-    )
+    tools = sorted(tools_of(record))
     cells = [e(stored.seq), e(when(record.get("time"))), decision_link(record.get("decision_id"))]
     cells.append(outcome_cell(record.get("outcome")))
     cells += [plain(record.get(column)) for column in _RECORD_COLUMNS]

@@ -16,6 +16,7 @@ from typing import Any
 
 from deputy.audit.chain import GENESIS_HASH
 from deputy.audit.log import ChainReport
+from deputy.audit.record import tools_of
 from deputy.store.postgres.chains import (
     EVENTS,
     REGISTER,
@@ -25,22 +26,6 @@ from deputy.store.postgres.chains import (
     registry_link,
 )
 from deputy.store.postgres.tables import INDEXED_COLUMNS, stored_text
-
-
-def body_tools(data: dict[str, Any]) -> set[str]:
-    """The tools a record body concerns: the keys of ``tools_requested`` and the text ``tool``
-    of each credential and use, once each (the same rule as the SQLite store's)."""
-    tools: set[str] = set()
-    requested = data.get("tools_requested")
-    if isinstance(requested, dict):
-        tools.update(requested)
-    for name in ("credentials", "uses"):
-        entries = data.get(name)
-        if isinstance(entries, list):
-            tools.update(
-                e["tool"] for e in entries if isinstance(e, dict) and isinstance(e.get("tool"), str)
-            )
-    return tools
 
 
 def credential_keys(data: dict[str, Any]) -> Counter[tuple[Any, ...]] | None:
@@ -98,7 +83,7 @@ def use_keys(data: dict[str, Any]) -> Counter[tuple[Any, ...]] | None:
 
 
 def tool_keys(data: dict[str, Any]) -> Counter[tuple[Any, ...]]:
-    return Counter((stored_text(tool),) for tool in body_tools(data))
+    return Counter((stored_text(tool),) for tool in tools_of(data))
 
 
 def anchor_keys(data: dict[str, Any]) -> Counter[tuple[Any, ...]] | None:

@@ -37,7 +37,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from deputy.audit.chain import GENESIS_HASH, canonical_json, record_body
-from deputy.audit.record import DecisionRecord
+from deputy.audit.record import DecisionRecord, tools_of
 from deputy.clock import Clock, SystemClock
 from deputy.errors import CommitOutcomeUnknown, StoreUnavailable
 from deputy.store.postgres.chains import (
@@ -68,7 +68,6 @@ from deputy.store.postgres.tables import (
     stored_text,
     uses,
 )
-from deputy.store.postgres.verify import body_tools
 
 MIN_KEY_BYTES = 16
 REVOCATION_LOCK = 0x6465707574790001  # pg_advisory_xact_lock key: revocation ids in commit order
@@ -184,7 +183,7 @@ def prepare(record: DecisionRecord, logged_at: float) -> _Prepared:
                 "reported_by": reporter,
             }
         )
-    tools = body_tools(
+    tools = tools_of(
         {
             "tools_requested": record.tools_requested,
             "credentials": [{"tool": c.tool} for c in record.credentials],

@@ -11,6 +11,7 @@ from typing import Any
 
 from deputy.audit.chain import ChainHead, ChainVerifier
 from deputy.audit.log import AuditFilter
+from deputy.audit.record import tools_of
 
 SCHEMA_VERSION = 4
 
@@ -37,7 +38,7 @@ Migration = str | Callable[[sqlite3.Connection], None]
 
 
 def backfill_record_tools(conn: sqlite3.Connection) -> None:
-    """Version 3 to 4: the tool rows of every stored record, found in its body by ``body_tools``.
+    """Version 3 to 4: the tool rows of every stored record, found in its body by ``tools_of``.
 
     In Python rather than with SQLite's json_each: the one derivation verify also uses, so the
     two cannot disagree (SQLite 3.40 cuts a JSON string at an escaped NUL), and faster
@@ -52,7 +53,7 @@ def backfill_record_tools(conn: sqlite3.Connection) -> None:
         except (ValueError, RecursionError):
             continue
         if isinstance(data, dict):
-            rows += ((seq, tool) for tool in sorted(body_tools(data)))
+            rows += ((seq, tool) for tool in sorted(tools_of(data)))
         if len(rows) >= 10_000:
             insert.executemany(one_row, rows)
             rows.clear()
@@ -179,24 +180,6 @@ USE_ROWS_SQL = "SELECT seq, jti, operation, outcome, time, reported_by FROM uses
 TOOL_ROWS_SQL = (
     "SELECT seq, CASE WHEN typeof(tool) = 'text' THEN tool END FROM record_tools ORDER BY seq, tool"
 )
-
-
-def body_tools(data: dict[str, Any]) -> set[str]:
-    """The tools a record body concerns: its ``record_tools`` rows (writer, back-fill, verify).
-
-    The keys of ``tools_requested`` and the text ``tool`` of each credential and use, once each.
-    """
-    tools: set[str] = set()
-    requested = data.get("tools_requested")
-    if isinstance(requested, dict):
-        tools.update(requested)
-    for name in ("credentials", "uses"):
-        entries = data.get(name)
-        if isinstance(entries, list):
-            tools.update(
-                e["tool"] for e in entries if isinstance(e, dict) and isinstance(e.get("tool"), str)
-            )
-    return tools
 
 
 # The first seq at or after a time, from the time index alone (a covering range scan): without
@@ -456,7 +439,7 @@ class RowChecker:
         stored, problem = self._tools.take(seq)
         if problem is not None:
             return problem
-        if stored != Counter((tool,) for tool in body_tools(data)):
+        if stored != Counter((tool,) for tool in tools_of(data)):
             return f"tool rows of record {seq} do not match its hashed body"
         return None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from deputy.audit.chain import GENESIS_HASH, ChainHead, link_hash, record_body
-from deputy.audit.record import DecisionRecord
+from deputy.audit.record import DecisionRecord, tools_of
 from deputy.clock import Clock, SystemClock
 from deputy.errors import StoreUnavailable
 from deputy.store.sqlite.audit_reader import DB_FILE, UNAVAILABLE, open_head_key
@@ -24,7 +24,6 @@ from deputy.store.sqlite.audit_tables import (
     SCHEMA,
     SCHEMA_VERSION,
     WRITE_HEAD,
-    body_tools,
     head_from_row,
     insert_rows,
 )
@@ -243,8 +242,8 @@ class SqliteAuditWriter:
 
 
 def _tools(record: DecisionRecord) -> set[str]:
-    """The tools ``record`` concerns: ``body_tools`` of the fields of its body that name them."""
-    return body_tools(
+    """The tools ``record`` concerns: ``tools_of`` of the fields of its body that name them."""
+    return tools_of(
         {
             "tools_requested": record.tools_requested,
             "credentials": [{"tool": c.tool} for c in record.credentials],

@@ -1,7 +1,4 @@
-"""The records the PostgreSQL tests append: those of ``tests/integration/test_audit_sqlite.py``.
-
-Copied rather than imported, so that type-checking these tests does not take in that module.
-"""
+"""The decision records the audit store tests append, whichever store they test."""
 
 from __future__ import annotations
 
