@@ -1,8 +1,9 @@
-"""Three `deputy serve` replicas behind nginx on loopback, sharing one PostgreSQL database.
+"""Three `deputy serve` replicas behind nginx on loopback, sharing PostgreSQL and Redis.
 
 Every replica publishes the same keys, and a rotation reaches all of them; credentials issued
-through the balancer each have exactly one audit record and the chains verify; a revocation
-made on one replica is refused by every other within a second.
+through the balancer each have exactly one audit record and the chains verify; a user's daily
+limit holds exactly under load spread over the replicas; a revocation made on one replica is
+refused by every other within a second.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from deputy.oauth.endpoints import JWKS_PATH
 from deputy.store.audit_store import open_reader
 from tests.integration.deployment import Deployment, write_deployment
 from tests.integration.oauth_client import alice_exchange, new_secret, with_clients
+from tests.redis.conftest import delete_prefix
+from tests.redis.conftest import redis_url as redis_url  # the fixture, for the cluster
 
 ADMIN = ("security-team", new_secret()[0])
 REPLICAS = 3
+COUNTERS = "deputy:quota:"  # the replicas' keys in Redis (the default prefix)
 NGINX_CONF = """
 worker_processes 1;
 pid {dir}/nginx.pid;
@@ -97,10 +101,15 @@ class Balancer:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, pg_url: str) -> Iterator[tuple[Deployment, list[BrokerProcess], str]]:
+def cluster(
+    tmp_path: Path, pg_url: str, redis_url: str
+) -> Iterator[tuple[Deployment, list[BrokerProcess], str]]:
     def mutate(doc: dict[str, Any]) -> None:
         with_clients({"crm-api": new_secret()[0], ADMIN[0]: ADMIN[1]})(doc)
         doc["storage"] = pg_url
+        doc["counters"] = redis_url
+
+    delete_prefix(COUNTERS)
 
     d = write_deployment(tmp_path, mutate)
     replicas: list[BrokerProcess] = []
@@ -116,6 +125,7 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[tuple[Deployment, list[Brok
             balancer.stop()
         for replica in replicas:
             replica.stop()
+        delete_prefix(COUNTERS)
 
 
 def jwks(url: str) -> dict[str, Any]:
@@ -159,6 +169,21 @@ def test_replicas_share_keys_records_and_revocations(
         assert reader.verify().ok
     finally:
         reader.close()
+
+    # One user's daily ticketing limit (20) holds exactly across the replicas, under load.
+    def ticket(_: int) -> int:
+        with httpx.Client(base_url=balanced, timeout=30) as client:
+            body = {
+                "agent_id": "a",
+                "user_token": d.idp.user_token("carol", "pro"),
+                "tools": ["ticketing_api"],
+            }
+            headers = {"Authorization": f"Bearer {d.svid()}"}
+            return client.post("/issue", json=body, headers=headers).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(ticket, range(30)))
+    assert sorted(statuses) == [200] * 20 + [429] * 10
 
     # Revoked through the first replica: every other one refuses it within a second.
     token = tokens[0]

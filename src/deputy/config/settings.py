@@ -145,6 +145,9 @@ class Settings(_Strict):
     # Where records go: None is SQLite in the data dir; a postgresql:// URL is shared by
     # every replica (audit, revocations, ledger). ``deputy db upgrade`` creates the schema.
     storage: Annotated[StrictStr, Field(pattern=r"^postgresql(\+psycopg)?://\S+$")] | None = None
+    # Daily counters and replay caches: None keeps them in memory (one replica only); a
+    # redis:// URL shares them, so limits stay exact across replicas.
+    counters: Annotated[StrictStr, Field(pattern=r"^(redis|rediss|unix)://\S+$")] | None = None
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:

@@ -1,18 +1,40 @@
-"""A bounded memory of single-use ids: client assertion and DPoP proof ``jti``s."""
+"""Memories of single-use ids: client assertion and DPoP proof ``jti``s."""
 
 from __future__ import annotations
 
 import heapq
 import math
+from typing import Protocol
 
 from deputy.clock import Clock
+
+
+class ReplayGuard(Protocol):
+    """Remembers single-use ids until they expire, so that a second use is refused.
+
+    ``first_use`` is a coroutine because a guard shared by several replicas (Redis) answers
+    over the network, and its callers (client authentication, DPoP checks) run on the event
+    loop. A guard that cannot answer raises :class:`deputy.errors.StoreUnavailable`: the
+    caller refuses the request with 503 rather than accept an id it could not record.
+    """
+
+    async def first_use(self, key: str, expires_at: float) -> bool:
+        """Record ``key`` until ``expires_at``; False if seen before, already expired, or
+        there is no room to remember it (see ``full``)."""
+        ...
+
+    @property
+    def full(self) -> bool:
+        """Whether new ids are refused for lack of room (never, for a guard without a bound)."""
+        ...
 
 
 class ReplayCache:
     """Remembers single-use ids (assertion or proof ``jti``) until they expire, in bounded memory.
 
     When full it refuses new ids rather than evicting unexpired ones, which would let a
-    captured assertion or proof be replayed.
+    captured assertion or proof be replayed. It serves one process: replicas share a
+    :class:`ReplayGuard` of their own (``deputy.store.redis.RedisReplayCache``).
     """
 
     def __init__(self, clock: Clock, max_entries: int = 100_000) -> None:
@@ -23,7 +45,7 @@ class ReplayCache:
         self._expiry: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
 
-    def first_use(self, key: str, expires_at: float) -> bool:
+    async def first_use(self, key: str, expires_at: float) -> bool:
         """Record ``key`` until ``expires_at``; False if seen, already expired, or full."""
         if not math.isfinite(expires_at):
             raise ValueError("expires_at must be finite")

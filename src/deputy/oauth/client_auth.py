@@ -21,7 +21,13 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from deputy.clock import Clock
-from deputy.errors import InvalidClient, InvalidRequest, TemporarilyUnavailable, TokenRejected
+from deputy.errors import (
+    InvalidClient,
+    InvalidRequest,
+    StoreUnavailable,
+    TemporarilyUnavailable,
+    TokenRejected,
+)
 from deputy.identity.errors import KeysUnavailable
 from deputy.identity.jose import (
     ALLOWED_ASYMMETRIC_ALGS,
@@ -34,7 +40,7 @@ from deputy.identity.jose import (
     parse_compact,
     verify_for_issuer,
 )
-from deputy.identity.replay import ReplayCache
+from deputy.identity.replay import ReplayCache, ReplayGuard
 from deputy.identity.workload import index_unique
 from deputy.oauth.form import Form
 
@@ -114,14 +120,14 @@ class ClientAuthenticator:
         clock: Clock,
         *,
         audiences: frozenset[str],
-        replay: ReplayCache | None = None,
+        replay: ReplayGuard | None = None,
     ) -> None:
         if not audiences or not all(audiences):
             raise ValueError("audiences must be a non-empty set of non-empty strings")
         self._clients = index_unique(clients, lambda entry: entry.name, "client")
         self._clock = clock
         self._audiences = audiences
-        self._replay = replay if replay is not None else ReplayCache(clock)
+        self._replay: ReplayGuard = replay if replay is not None else ReplayCache(clock)
 
     def asserts(self, assertion: str | None) -> bool:
         """Whether a client assertion claims to come from a configured ``private_key_jwt``
@@ -208,6 +214,12 @@ class ClientAuthenticator:
             raise TemporarilyUnavailable(
                 "the keys of this client cannot be fetched; retry shortly", retry_after=1
             ) from None
+        except StoreUnavailable:
+            # The replay guard could not record the jti: refusing beats accepting a replay.
+            raise TemporarilyUnavailable(
+                "client assertions cannot be checked for replay now; retry shortly",
+                retry_after=1,
+            ) from None
         except TokenRejected as exc:
             raise InvalidClient(FAILED, debug=f"client assertion: {exc.reason}") from None
         return _client(entry, PRIVATE_KEY_JWT)
@@ -248,11 +260,10 @@ class ClientAuthenticator:
             algorithms=ALLOWED_ASYMMETRIC_ALGS,
             now=now,
         )
-        replay_key = f"{entry.name}:{jti}"
-        if replay_key in self._replay:
+        if not await self._replay.first_use(f"{entry.name}:{jti}", exp):
+            if self._replay.full:
+                raise TokenRejected("assertion replay cache is full")
             raise TokenRejected("assertion jti was already used")
-        if not self._replay.first_use(replay_key, exp):
-            raise TokenRejected("assertion replay cache is full")
         return entry
 
     def _audience(self, claims: Mapping[str, Any]) -> str:

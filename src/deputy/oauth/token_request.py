@@ -177,7 +177,7 @@ class TokenRequest:
             )
         return tuple(proofs)
 
-    def parse(self, workload: Workload) -> IssueRequest:
+    async def parse(self, workload: Workload) -> IssueRequest:
         form = self.form
         assert form is not None
         client_id = form.get("client_id")
@@ -194,7 +194,7 @@ class TokenRequest:
                 scopes=scopes,
                 workflow=_workflow(form),
                 grant="client_credentials",
-                dpop_jkt=self.dpop.jkt(),
+                dpop_jkt=await self.dpop.jkt(),
             )
         subject = _pair(form, "subject_token", "subject_token_type", SUBJECT_TOKEN_TYPES)
         if subject is None:
@@ -213,7 +213,7 @@ class TokenRequest:
             grant="token_exchange",
             subject_field="subject_token",
             subject_is_id_token=form.get("subject_token_type") == ID_TOKEN,
-            dpop_jkt=self.dpop.jkt(),
+            dpop_jkt=await self.dpop.jkt(),
         )
 
     def translate(self, err: OAuthError) -> OAuthError:

@@ -1,9 +1,10 @@
 """Liveness and readiness: ``/healthz`` says the process serves, ``/readyz`` that it can issue.
 
 A broker is ready when a request could get a credential now: it has started and is not
-stopping, its audit writer runs, the audit database answers a read, and a signing key is
-active. A trusted issuer whose keys cannot be fetched does not make it unready: every
-replica would be equally affected, and requests of the other issuers still succeed.
+stopping, its audit writer runs, the audit database answers a read, a signing key is
+active, and the shared counters (Redis, when configured) answer. A trusted issuer whose
+keys cannot be fetched does not make it unready: every replica would be equally affected,
+and requests of the other issuers still succeed.
 """
 
 from __future__ import annotations
@@ -36,12 +37,20 @@ class Readiness:
         if not self.started:
             return {"lifecycle": "starting"}
         writer, store = await asyncio.gather(self._audit_writer(), self._audit_store())
-        return {
+        checks = {
             "lifecycle": OK,
             "audit_writer": writer,
             "audit_store": store,
             "signing_keys": self._signing_keys(),
         }
+        counters = self._broker.counters
+        if counters is not None:
+            checks["counters"] = await self._bounded(
+                counters.ping(),
+                "the counter store (Redis) does not answer",
+                f"the counter store (Redis) did not answer within {self._timeout:g} s",
+            )
+        return checks
 
     async def document(self) -> tuple[int, dict[str, Any]]:
         """The status code and body of ``/readyz``: 200 when every check is ok, else 503."""

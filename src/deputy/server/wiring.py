@@ -6,6 +6,7 @@ import asyncio
 import getpass
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -28,12 +29,12 @@ from deputy.identity import (
 )
 from deputy.identity.errors import KeySourceError
 from deputy.identity.jwks import KeySource
-from deputy.identity.replay import ReplayCache
+from deputy.identity.replay import ReplayCache, ReplayGuard
 from deputy.ids import IdSource
 from deputy.oauth.client_auth import ClientAuthenticator, ClientEntry
 from deputy.oauth.endpoints import endpoint_urls
 from deputy.policy.model import Policy, policy_from_settings
-from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore
+from deputy.policy.quota import SECONDS_PER_DAY, MemoryQuotaStore, QuotaStore
 from deputy.server.instruments import TimedAuditLog
 from deputy.server.metrics import BrokerMetrics
 from deputy.service.context import RequestContext
@@ -50,7 +51,11 @@ from deputy.tokens.key_ring import KeyRing
 from deputy.tokens.mint import Minter
 from deputy.tokens.verify import CredentialVerifier
 
+if TYPE_CHECKING:
+    from deputy.store.redis import RedisConnection
+
 HTTP_TIMEOUT_SECONDS = 5.0
+COUNTERS_TIMEOUT_SECONDS = 0.5  # a Redis call fails closed well within the 1 s budget
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Broker:
     dpop: DpopVerifier
     usage: UsageReports
     metrics: BrokerMetrics
+    counters: RedisConnection | None = None  # shared counters and replay caches, if any
 
     async def start(self) -> None:
         """Prime every configured key set so the first requests need no fetch."""
@@ -84,6 +90,8 @@ class Broker:
         """Commit what the audit writer was sent, then let it and the HTTP client go."""
         await self.http.aclose()
         await self.audit.aclose()
+        if self.counters is not None:
+            await self.counters.aclose()
 
     def use_policy(self, policy: Policy, settings: Settings) -> None:
         """Decide new requests under ``policy`` (a reload); ``settings`` is the config with it."""
@@ -152,6 +160,31 @@ def build_broker(settings: Settings, clock: Clock, metrics: BrokerMetrics | None
         raise ConfigError(f"invalid configuration: {err}") from None
 
 
+def _counters(
+    settings: Settings, clock: Clock, reader: AuditReaderStore
+) -> tuple[QuotaStore, ReplayGuard, ReplayGuard, RedisConnection | None]:
+    """Daily counters and replay caches: in memory (one replica), or in Redis (shared)."""
+
+    def seed(day: int) -> dict[tuple[str, str, str], int]:
+        return reader.issued_counts(day * SECONDS_PER_DAY)
+
+    if settings.counters is None:
+        return MemoryQuotaStore(seed), ReplayCache(clock), ReplayCache(clock), None
+    try:
+        from deputy.store.redis import RedisQuotaStore, RedisReplayCache, connect_redis
+    except ImportError:
+        raise ConfigError(
+            "counters: a redis:// URL needs the Redis backend: pip install 'deputy[server,redis]'"
+        ) from None
+    connection = connect_redis(settings.counters, timeout=COUNTERS_TIMEOUT_SECONDS)
+    return (
+        RedisQuotaStore(connection, seed=seed),
+        RedisReplayCache(connection, name="client_assertion", clock=clock),
+        RedisReplayCache(connection, name="dpop", clock=clock),
+        connection,
+    )
+
+
 def _build_broker(settings: Settings, clock: Clock, metrics: BrokerMetrics) -> Broker:
     http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
     caches: list[JwksCache] = []
@@ -182,7 +215,7 @@ def _build_broker(settings: Settings, clock: Clock, metrics: BrokerMetrics) -> B
     timed_audit = TimedAuditLog(audit, metrics)
     policy = policy_from_settings(settings)
     ids = IdSource(clock)
-    quota = MemoryQuotaStore(lambda day: reader.issued_counts(day * SECONDS_PER_DAY))
+    quota, assertion_replay, dpop_replay, counters = _counters(settings, clock, reader)
     credentials = CredentialVerifier(settings.issuer, key_ring, clock)
     revocations = Revocations(
         issuer=settings.issuer,
@@ -208,7 +241,7 @@ def _build_broker(settings: Settings, clock: Clock, metrics: BrokerMetrics) -> B
         ],
         clock,
         audiences=endpoint_urls(settings.issuer),
-        replay=ReplayCache(clock),
+        replay=assertion_replay,
     )
     service = IssuanceService(
         policy=policy,
@@ -239,7 +272,8 @@ def _build_broker(settings: Settings, clock: Clock, metrics: BrokerMetrics) -> B
         revocations=revocations,
         introspection=Introspection(credentials, revocations),
         clients=clients,
-        dpop=DpopVerifier(clock, ReplayCache(clock)),
+        dpop=DpopVerifier(clock, dpop_replay),
+        counters=counters,
         usage=UsageReports(ledger=reader, audit=timed_audit, clock=clock, ids=ids),
         metrics=metrics,
     )

@@ -74,8 +74,12 @@ class Exchange(Protocol):
         """The workload tokens presented; raises if there are none or they are malformed."""
         ...
 
-    def parse(self, workload: Workload) -> IssueRequest:
-        """The rest of the request, parsed once the workload is verified."""
+    async def parse(self, workload: Workload) -> IssueRequest:
+        """The rest of the request, parsed once the workload is verified.
+
+        A coroutine because checking a DPoP proof records its ``jti`` with the replay
+        guard, which replicas share over the network.
+        """
         ...
 
     def translate(self, err: OAuthError) -> OAuthError:
@@ -92,16 +96,23 @@ class DpopBinding:
     url: str  # the public URL of the endpoint (htu)
     verifier: DpopVerifier | None = None
 
-    def jkt(self) -> str | None:
+    async def jkt(self) -> str | None:
         """The thumbprint of the key the credentials get bound to, if a proof was sent."""
         if not self.proofs:
             return None
         if len(self.proofs) > 1 or self.verifier is None:
             raise InvalidDpopProof("send exactly one DPoP header")
         try:
-            return self.verifier.verify(self.proofs[0], method=self.method, url=self.url).jkt
+            proof = await self.verifier.verify(self.proofs[0], method=self.method, url=self.url)
         except TokenRejected as err:
             raise InvalidDpopProof(f"DPoP proof rejected: {err.reason}") from None
+        except StoreUnavailable:
+            # The proof's jti could not be recorded: refuse rather than risk a replay.
+            raise TemporarilyUnavailable(
+                "DPoP proofs cannot be checked for replay now; retry shortly",
+                retry_after=RETRY_AFTER_UNAVAILABLE,
+            ) from None
+        return proof.jkt
 
 
 NO_DPOP = DpopBinding((), "POST", "")
@@ -120,9 +131,9 @@ class JsonIssue:
             raise InvalidToken("an agent workload token is required as a Bearer token")
         return (WorkloadProof(self.bearer, "workload token"),)
 
-    def parse(self, workload: Workload) -> IssueRequest:
+    async def parse(self, workload: Workload) -> IssueRequest:
         request = parse_issue_request(decode_json_body(self.body))
-        jkt = self.dpop.jkt()
+        jkt = await self.dpop.jkt()
         return request if jkt is None else replace(request, dpop_jkt=jkt)
 
     def translate(self, err: OAuthError) -> OAuthError:
@@ -309,7 +320,7 @@ class IssuanceService:
 
     async def _issue(self, trail: _Trail, exchange: Exchange) -> IssueResult:
         trail.workload = await verify_workload(self._workloads, exchange.proofs())
-        request = trail.request = exchange.parse(trail.workload)
+        request = trail.request = await exchange.parse(trail.workload)
         policy = trail.policy
         workflow = _select_workflow(policy, trail.workload, request.workflow)
         trail.workflow = workflow.name
@@ -331,13 +342,13 @@ class IssuanceService:
         demands = _demands(policy, workflow, trail.principal, tools)
         try:
             if not decision.allow:
-                over = self._quota.exceeded(day, demands)
+                over = await self._quota.exceeded(day, demands)
                 raise AccessDenied(
                     "policy denied the request", reasons=decision.reasons + _quota_reasons(over)
                 )
-            over = self._quota.consume(day, demands)
+            over = await self._quota.consume(day, demands)
         except StoreUnavailable:
-            raise _audit_unavailable() from None
+            raise _counters_unavailable() from None
         if over:
             raise RateLimited(
                 "daily issuance limit reached",
@@ -347,7 +358,7 @@ class IssuanceService:
         try:
             drafts = self._draft(trail, workflow, subject, decision)
         except Exception:
-            self._quota.refund(day, demands)
+            await self._refund(day, demands)
             raise
         record = trail.record(
             status=200,
@@ -364,10 +375,21 @@ class IssuanceService:
             # Refund only what surely was not recorded: a record that may still land (or did,
             # unsigned) keeps its quota, and so does a cancelled append (not caught here).
             if not isinstance(err, CommitOutcomeUnknown):
-                self._quota.refund(day, demands)
+                await self._refund(day, demands)
             raise _audit_unavailable() from None
         credentials = tuple(d.signed(t) for d, t in zip(drafts, tokens, strict=True))
         return IssueResult(trail.execution_id, trail.decision_id, credentials)
+
+    async def _refund(self, day: int, demands: tuple[QuotaDemand, ...]) -> None:
+        """Give back a request's quota; if the counters cannot be reached, it stays taken.
+
+        Taken too much is the safe direction (the user gets fewer credentials, never more),
+        and the request's own answer (its fault, or 503) must not turn into another.
+        """
+        try:
+            await self._quota.refund(day, demands)
+        except StoreUnavailable:
+            _log.warning("quota refund failed: the counter store is unavailable; it stays taken")
 
     async def _establish_subject(
         self, trail: _Trail, workflow: Workflow, request: IssueRequest
@@ -597,6 +619,14 @@ def _demands(
         )
         for category, amount in counts.items()
         if category in workflow.rate_limits
+    )
+
+
+def _counters_unavailable() -> TemporarilyUnavailable:
+    """The quota counters (or the audit log they are seeded from) cannot be read: fail closed."""
+    return TemporarilyUnavailable(
+        "the quota counters are unavailable; nothing was issued, retry shortly",
+        retry_after=RETRY_AFTER_UNAVAILABLE,
     )
 
 

@@ -20,7 +20,7 @@ from deputy.identity.jose import (
     verify_signature,
 )
 from deputy.identity.key_set import KeySet
-from deputy.identity.replay import ReplayCache
+from deputy.identity.replay import ReplayGuard
 
 PROOF_TYPE = "dpop+jwt"
 MAX_PROOF_AGE_SECONDS = 60  # how far in the past a proof's iat may be (RFC 9449 §11.1)
@@ -73,12 +73,17 @@ class DpopProof:
 
 
 class DpopVerifier:
-    """Checks every rule of RFC 9449 §4.3 for one request, and remembers proof ids (§11.1)."""
+    """Checks every rule of RFC 9449 §4.3 for one request, and remembers proof ids (§11.1).
+
+    ``verify`` is a coroutine because the proof ids may be remembered by a guard shared
+    between replicas (Redis); such a guard that cannot answer raises
+    :class:`deputy.errors.StoreUnavailable`, which callers answer with 503.
+    """
 
     def __init__(
         self,
         clock: Clock,
-        replay: ReplayCache,
+        replay: ReplayGuard,
         *,
         max_age: int = MAX_PROOF_AGE_SECONDS,
         algorithms: frozenset[str] = ALLOWED_ASYMMETRIC_ALGS,
@@ -88,7 +93,7 @@ class DpopVerifier:
         self._max_age = max_age
         self._algorithms = algorithms
 
-    def verify(
+    async def verify(
         self,
         proof: str,
         *,
@@ -136,6 +141,7 @@ class DpopVerifier:
         elif "ath" in claims:
             raise TokenRejected("DPoP ath is only for proofs that present an access token")
         jkt = thumbprint(jwk)
-        if not self._replay.first_use(f"{jkt}:{jti}", float(iat) + self._max_age + LEEWAY_SECONDS):
+        expires_at = float(iat) + self._max_age + LEEWAY_SECONDS
+        if not await self._replay.first_use(f"{jkt}:{jti}", expires_at):
             raise TokenRejected("DPoP proof was already used")
         return DpopProof(jkt, jti, float(iat))

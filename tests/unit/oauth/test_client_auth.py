@@ -419,50 +419,50 @@ async def test_assertion_type_without_assertion(env: Env) -> None:
 # --- replay cache --------------------------------------------------------------------------
 
 
-def test_replay_cache_refuses_a_second_use() -> None:
+async def test_replay_cache_refuses_a_second_use() -> None:
     cache = ReplayCache(FakeClock(NOW))
-    assert cache.first_use("rs:a", NOW + 10) is True
+    assert await cache.first_use("rs:a", NOW + 10) is True
     assert "rs:a" in cache
-    assert cache.first_use("rs:a", NOW + 10) is False
-    assert cache.first_use("rs:b", NOW + 10) is True
+    assert await cache.first_use("rs:a", NOW + 10) is False
+    assert await cache.first_use("rs:b", NOW + 10) is True
 
 
-def test_replay_cache_full_refuses_without_evicting() -> None:
+async def test_replay_cache_full_refuses_without_evicting() -> None:
     clock = FakeClock(NOW)
     cache = ReplayCache(clock, max_entries=2)
-    assert cache.first_use("a", NOW + 10)
-    assert cache.first_use("b", NOW + 20)
+    assert await cache.first_use("a", NOW + 10)
+    assert await cache.first_use("b", NOW + 20)
     assert cache.full
-    assert cache.first_use("c", NOW + 5) is False
-    assert cache.first_use("a", NOW + 10) is False  # still remembered
+    assert await cache.first_use("c", NOW + 5) is False
+    assert await cache.first_use("a", NOW + 10) is False  # still remembered
     assert len(cache) == 2
 
 
-def test_replay_cache_purges_expired_entries() -> None:
+async def test_replay_cache_purges_expired_entries() -> None:
     clock = FakeClock(NOW)
     cache = ReplayCache(clock, max_entries=2)
-    cache.first_use("a", NOW + 10)
-    cache.first_use("b", NOW + 20)
+    await cache.first_use("a", NOW + 10)
+    await cache.first_use("b", NOW + 20)
     clock.advance(10)  # "a" expires at exactly now
     assert "a" not in cache
-    assert cache.first_use("c", NOW + 30) is True
+    assert await cache.first_use("c", NOW + 30) is True
     assert len(cache) == 2
-    assert cache.first_use("b", NOW + 20) is False
+    assert await cache.first_use("b", NOW + 20) is False
     clock.advance(100)
-    assert cache.first_use("a", NOW + 200) is True
+    assert await cache.first_use("a", NOW + 200) is True
     assert len(cache) == 1
 
 
-def test_replay_cache_refuses_an_already_expired_entry() -> None:
+async def test_replay_cache_refuses_an_already_expired_entry() -> None:
     cache = ReplayCache(FakeClock(NOW))
-    assert cache.first_use("a", NOW) is False
+    assert await cache.first_use("a", NOW) is False
     assert len(cache) == 0
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
-def test_replay_cache_needs_a_finite_expiry(bad: float) -> None:
+async def test_replay_cache_needs_a_finite_expiry(bad: float) -> None:
     with pytest.raises(ValueError, match="finite"):
-        ReplayCache(FakeClock(NOW)).first_use("a", bad)
+        await ReplayCache(FakeClock(NOW)).first_use("a", bad)
 
 
 def test_replay_cache_needs_room() -> None:

@@ -113,8 +113,8 @@ def test_form_error_is_raised_as_the_first_step() -> None:
     assert caught.value is err
 
 
-def test_parse_maps_targets_and_scopes() -> None:
-    parsed = exchange(
+async def test_parse_maps_targets_and_scopes() -> None:
+    parsed = await exchange(
         resource=("https://crm.internal", "https://crm.internal"),
         audience="pricing_api",
         scope="accounts:read rates:read accounts:read",
@@ -138,16 +138,17 @@ def test_parse_maps_targets_and_scopes() -> None:
     ],
     ids=["client-id", "relative", "fragment", "double-space", "quote", "no-subject", "id-token"],
 )
-def test_parse_errors(params: dict[str, str | tuple[str, ...]], error: type, words: str) -> None:
+async def test_parse_errors(
+    params: dict[str, str | tuple[str, ...]], error: type, words: str
+) -> None:
     with pytest.raises(error) as caught:
-        exchange(**params).parse(AGENT)
+        await exchange(**params).parse(AGENT)
     assert type(caught.value) is error and words in caught.value.description
 
 
-def test_client_credentials_has_no_subject() -> None:
-    parsed = request(grant_type=CLIENT_CREDENTIALS, scope="rates:read", client_id=AGENT.id).parse(
-        AGENT
-    )
+async def test_client_credentials_has_no_subject() -> None:
+    req = request(grant_type=CLIENT_CREDENTIALS, scope="rates:read", client_id=AGENT.id)
+    parsed = await req.parse(AGENT)
     assert parsed.grant == "client_credentials" and parsed.user_token is None
     assert parsed.scopes == ("rates:read",)
 

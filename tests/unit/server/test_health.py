@@ -51,7 +51,7 @@ class FakeKeys:
 def readiness(
     writer: FakeWriter, reader: FakeReader, keys: FakeKeys, timeout: float = 2.0
 ) -> Readiness:
-    parts = SimpleNamespace(audit=writer, audit_reader=reader, key_ring=keys)
+    parts = SimpleNamespace(audit=writer, audit_reader=reader, key_ring=keys, counters=None)
     ready = Readiness(cast(Broker, parts), timeout=timeout)
     ready.started = True
     return ready

@@ -62,24 +62,22 @@ def test_rfc7638_thumbprint_example() -> None:
     assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 
 
-def test_agent_key_signs_proofs_the_broker_accepts(
+async def test_agent_key_signs_proofs_the_broker_accepts(
     verifier: DpopVerifier, clock: FakeClock
 ) -> None:
     key = DpopKey(clock)
     proof = key.proof("post", URL + "?x=1#frag")
-    assert verifier.verify(proof, method="POST", url=URL).jkt == key.jkt
+    assert (await verifier.verify(proof, method="POST", url=URL)).jkt == key.jkt
     header = json.loads(_b64decode(proof.split(".")[0]))
     assert header == {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.public_jwk}
     assert repr(key) == f"DpopKey(jkt={key.jkt!r})"  # nothing of the private key
     presented = key.proof("GET", "https://crm.internal/accounts", access_token="at.x.y")
     claimed = json.loads(_b64decode(presented.split(".")[1]))
     assert claimed["ath"] == access_token_hash("at.x.y") and claimed["htm"] == "GET"
-    assert (
-        verifier.verify(
-            presented, method="GET", url="https://crm.internal/accounts", access_token="at.x.y"
-        ).jkt
-        == key.jkt
+    bound = await verifier.verify(
+        presented, method="GET", url="https://crm.internal/accounts", access_token="at.x.y"
     )
+    assert bound.jkt == key.jkt
 
 
 def _b64decode(segment: str) -> bytes:
@@ -124,42 +122,44 @@ def _b64decode(segment: str) -> bytes:
         "garbage",
     ],
 )
-def test_proof_rules(verifier: DpopVerifier, proof: str, words: str) -> None:
+async def test_proof_rules(verifier: DpopVerifier, proof: str, words: str) -> None:
     with pytest.raises(TokenRejected) as caught:
-        verifier.verify(proof, method="POST", url=URL)
+        await verifier.verify(proof, method="POST", url=URL)
     assert words in caught.value.reason
 
 
-def test_signature_must_verify_with_the_jwk_it_carries(verifier: DpopVerifier) -> None:
+async def test_signature_must_verify_with_the_jwk_it_carries(verifier: DpopVerifier) -> None:
     other = ec_key("someone-else")
     jwk = {k: v for k, v in ec_key("dpop").as_dict(private=False).items() if k != "kid"}
     forged = sign(claims(), other, kid=None, typ="dpop+jwt", jwk=jwk)
     with pytest.raises(TokenRejected, match="signature does not verify"):
-        verifier.verify(forged, method="POST", url=URL)
+        await verifier.verify(forged, method="POST", url=URL)
 
 
-def test_replay_is_refused(verifier: DpopVerifier) -> None:
+async def test_replay_is_refused(verifier: DpopVerifier) -> None:
     proof = handmade(claims(jti="once"))
-    verifier.verify(proof, method="POST", url=URL)
+    await verifier.verify(proof, method="POST", url=URL)
     with pytest.raises(TokenRejected, match="already used"):
-        verifier.verify(proof, method="POST", url=URL)
+        await verifier.verify(proof, method="POST", url=URL)
 
 
-def test_access_token_binding(verifier: DpopVerifier) -> None:
+async def test_access_token_binding(verifier: DpopVerifier) -> None:
     good = handmade(claims(jti="a1", ath=access_token_hash("tok")))
-    assert verifier.verify(good, method="POST", url=URL, access_token="tok").jkt
+    assert (await verifier.verify(good, method="POST", url=URL, access_token="tok")).jkt
     with pytest.raises(TokenRejected, match="ath does not match"):
-        verifier.verify(handmade(claims(jti="a2")), method="POST", url=URL, access_token="tok")
+        await verifier.verify(
+            handmade(claims(jti="a2")), method="POST", url=URL, access_token="tok"
+        )
     with pytest.raises(TokenRejected, match="ath does not match"):
         other = handmade(claims(jti="a3", ath=access_token_hash("other")))
-        verifier.verify(other, method="POST", url=URL, access_token="tok")
+        await verifier.verify(other, method="POST", url=URL, access_token="tok")
 
 
-def test_server_nonce(verifier: DpopVerifier) -> None:
+async def test_server_nonce(verifier: DpopVerifier) -> None:
     with pytest.raises(TokenRejected, match="server's nonce"):
-        verifier.verify(handmade(claims(jti="n1")), method="POST", url=URL, nonce="n-42")
+        await verifier.verify(handmade(claims(jti="n1")), method="POST", url=URL, nonce="n-42")
     proof = handmade(claims(jti="n2", nonce="n-42"))
-    assert verifier.verify(proof, method="POST", url=URL, nonce="n-42").jti == "n2"
+    assert (await verifier.verify(proof, method="POST", url=URL, nonce="n-42")).jti == "n2"
 
 
 @pytest.mark.parametrize(

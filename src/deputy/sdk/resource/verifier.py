@@ -266,7 +266,7 @@ class DeputyVerifier:
         proof = proofs[0]
         nonce = self._fresh_nonce(proof)
         try:
-            checked = self._dpop.verify(
+            checked = await self._dpop.verify(
                 proof, method=method, url=url, access_token=token, nonce=nonce
             )
         except TokenRejected as exc:

@@ -1,0 +1,74 @@
+"""`counters: redis://...` in the config: the broker keeps its daily counters in Redis, says
+so in /readyz, and fails closed (503 within a second) when the counters do not answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.deployment import Deployment, running, write_deployment
+from tests.redis.conftest import admin, delete_prefix
+
+PREFIX = "deputy:quota:"  # the broker's own keys (the default prefix)
+
+
+def with_counters(url: str) -> Any:
+    def mutate(doc: dict[str, Any]) -> None:
+        doc["counters"] = url
+
+    return mutate
+
+
+@pytest.fixture
+def clean_counters(redis_url: str) -> Iterator[None]:
+    delete_prefix(PREFIX)
+    yield
+    delete_prefix(PREFIX)
+
+
+def issue(d: Deployment, client: httpx.Client) -> httpx.Response:
+    return client.post(
+        "/issue",
+        headers={"Authorization": f"Bearer {d.svid()}"},
+        json={
+            "agent_id": "a",
+            "user_token": d.idp.user_token("alice", "pro"),
+            "tools": ["ticketing_api"],
+        },
+    )
+
+
+def test_the_configured_redis_holds_the_counters(
+    tmp_path: Path, redis_url: str, clean_counters: None
+) -> None:
+    d = write_deployment(tmp_path, with_counters(redis_url))
+    with running(d) as (_, client):
+        assert issue(d, client).status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["counters"] == "ok"
+    with admin() as redis_client:
+        counted = [
+            int(redis_client.get(key) or 0)
+            for key in redis_client.scan_iter(match=f"{PREFIX}*", count=1000)
+            if not key.endswith((b":seeded", b":seeding"))
+        ]
+    assert counted == [1]
+
+
+def test_counters_that_do_not_answer_fail_closed_within_a_second(
+    tmp_path: Path, closed_port: int
+) -> None:
+    d = write_deployment(tmp_path, with_counters(f"redis://127.0.0.1:{closed_port}/0"))
+    with running(d) as (_, client):
+        started = time.monotonic()
+        refused = issue(d, client)
+        elapsed = time.monotonic() - started
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert elapsed < 1.0
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "counters" in ready.json()["not_ready"]
