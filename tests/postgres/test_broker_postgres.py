@@ -3,6 +3,7 @@ the CLI all read and write the shared database; `deputy db upgrade` makes its sc
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,20 @@ import jwt as pyjwt
 import pytest
 from typer.testing import CliRunner
 
+from deputy.audit.log import AuditFilter
 from deputy.cli.main import app
 from deputy.config.loader import load_settings
 from deputy.errors import ConfigError
 from deputy.server.wiring import revoke_now
 from deputy.store.audit_store import open_reader
 from tests.integration.deployment import Deployment, running, write_deployment
-from tests.integration.oauth_client import alice_credential, new_secret, with_clients
+from tests.integration.oauth_client import (
+    alice_credential,
+    alice_exchange,
+    new_secret,
+    with_clients,
+)
+from tests.postgres.proxy import Proxy
 
 ADMIN = ("security-team", new_secret()[0])
 
@@ -68,3 +76,48 @@ async def test_a_broker_on_postgres_issues_audits_and_revokes(tmp_path: Path, pg
         assert answer.status_code == 200 and answer.json() == {"active": False}
     verify = deputy("audit", "verify", "--config", str(d.config_path))
     assert verify.exit_code == 0, verify.output
+
+
+def test_postgres_lost_mid_load_is_a_503_then_recovers_without_a_restart(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Through a relay the test takes down and brings back: issuances before get 200, while
+    the database is unreachable 503 with Retry-After (and no credential), after 200 again
+    from the same broker; every credential handed out has its record."""
+    relay = Proxy()
+    try:
+        d = write_deployment(tmp_path, on_postgres(relay.url(pg_url)))
+        with running(d) as (_, client):
+            before = alice_credential(d, client)["access_token"]
+            relay.down()
+            started = time.monotonic()
+            refused = alice_exchange(d, client, resource="https://crm.internal")
+            assert time.monotonic() - started < 3.5  # the store's bounded connect and call
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "temporarily_unavailable"
+            assert int(refused.headers["retry-after"]) >= 1
+            assert "access_token" not in refused.json()
+            relay.up()
+            deadline = time.monotonic() + 10
+            after = alice_exchange(d, client, resource="https://crm.internal")
+            while after.status_code == 503 and time.monotonic() < deadline:
+                after = alice_exchange(d, client, resource="https://crm.internal")
+            assert after.status_code == 200, after.text
+            handed_out = {jti_of(before), jti_of(after.json()["access_token"])}
+        reader = open_reader(load_settings(d.config_path))
+        try:
+            recorded = {
+                c["jti"]
+                for s in reader.query(AuditFilter(outcome="allow", limit=100))
+                for c in s.record["credentials"]
+            }
+            assert handed_out <= recorded
+            assert reader.verify().ok
+        finally:
+            reader.close()
+    finally:
+        relay.close()
+
+
+def jti_of(token: str) -> str:
+    return str(pyjwt.decode(token, options={"verify_signature": False})["jti"])
