@@ -18,13 +18,15 @@ install: $(STAMP)
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-# The scale-out tests use PostgreSQL (trust auth) and Redis on loopback, and nginx in front
-# of replicas: start the services when installed but stopped, install what is missing.
+# The scale-out tests use PostgreSQL (trust auth) and Redis on loopback, nginx in front of
+# replicas and libfaketime to skew a replica's clock: start the services when installed but
+# stopped, install what is missing.
 services:
 	pg_isready -q -h 127.0.0.1 -p 5432 || ( \
 	  command -v pg_ctlcluster >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql); \
 	  service postgresql start && for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done)
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || (apt-get update -qq && apt-get install -y -qq nginx-light)
+	command -v faketime >/dev/null || (apt-get update -qq && apt-get install -y -qq faketime)
 	redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || ( \
 	  command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server); \
 	  redis-server --daemonize yes --bind 127.0.0.1 --save '' --appendonly no)

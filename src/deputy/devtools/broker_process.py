@@ -27,8 +27,16 @@ def free_port() -> int:
 class BrokerProcess:
     """A broker process: started ready to serve, stopped gracefully or killed."""
 
-    def __init__(self, config: Path, port: int | None = None, *, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        port: int | None = None,
+        *,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
+        self.env = env  # the child's whole environment (None: this process's)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or config.with_name("broker.log")
@@ -44,7 +52,9 @@ class BrokerProcess:
         command = [sys.executable, *python_args, "-m", "deputy", "serve"]
         command += ["--config", str(self.config), "--port", str(self.port)]
         with self.log.open("ab") as err:
-            self._proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+            self._proc = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=err, env=self.env
+            )
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline and self._proc.poll() is None:
             with contextlib.suppress(httpx.TransportError):
