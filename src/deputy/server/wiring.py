@@ -63,7 +63,6 @@ class Broker:
     """A running broker's parts: the service, its keys and stores, and what to close."""
 
     settings: Settings
-    policy: Policy
     service: IssuanceService
     key_ring: KeyRing
     audit: AuditStore
@@ -79,6 +78,11 @@ class Broker:
     usage: UsageReports
     metrics: BrokerMetrics
     counters: RedisConnection | None = None  # shared counters and replay caches, if any
+
+    @property
+    def policy(self) -> Policy:
+        """The policy new requests are decided under (the service's: one copy, no drift)."""
+        return self.service.policy
 
     async def start(self) -> None:
         """Prime every configured key set so the first requests need no fetch."""
@@ -97,7 +101,6 @@ class Broker:
         """Decide new requests under ``policy`` (a reload); ``settings`` is the config with it."""
         self.revocations.cover_lifetime(policy.max_ttl)  # first: never shorter than credentials
         self.service.use_policy(policy)
-        self.policy = policy
         self.settings = settings
         self.metrics.policy_loaded(policy.version)
 
@@ -260,7 +263,6 @@ def _build_broker(settings: Settings, clock: Clock, metrics: BrokerMetrics) -> B
     metrics.policy_loaded(policy.version)
     return Broker(
         settings=settings,
-        policy=policy,
         service=service,
         key_ring=key_ring,
         audit=audit,

@@ -13,8 +13,12 @@ from deputy.clock import Clock
 from deputy.config.settings import Settings
 from deputy.errors import ConfigError
 from deputy.store.sqlite.audit_process import ProcessAuditLog
-from deputy.store.sqlite.audit_reader import DB_FILE, SqliteAuditReader, open_audit_reader
-from deputy.store.sqlite.audit_reader import open_head_key as open_head_key
+from deputy.store.sqlite.audit_reader import (
+    DB_FILE,
+    SqliteAuditReader,
+    open_audit_reader,
+    open_head_key,
+)
 from deputy.tokens.key_ring import KeyRing
 
 if TYPE_CHECKING:
