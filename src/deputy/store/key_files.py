@@ -1,18 +1,45 @@
-"""Signing keys as files in the data dir: a manifest plus one private PEM per key (0600)."""
+"""Signing keys as files in the data dir: a manifest plus one private PEM per key (0600);
+and the other secrets the data dir holds as small 0600 files (the audit head key, the
+key-encryption key)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from joserfc.jwk import ECKey, RSAKey
-
-from deputy.tokens.key_ring import SigningKey
+from deputy.errors import ConfigError
+from deputy.tokens.key_ring import KeyChange, SigningKey, key_type
 
 MANIFEST = "keys.json"
 KEYS_DIR = "keys"  # under the data dir
+
+
+def open_secret_file(path: Path, size: int) -> bytes:
+    """The ``size`` random bytes in ``path`` (0600), created with its directory (0700) if new."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        # Written whole under a private name, then linked into place: a process starting at
+        # the same moment sees either no key or the complete one, never half of it.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(size))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
+    key = path.read_bytes()
+    if len(key) != size:
+        raise ConfigError(f"{path} must hold exactly {size} bytes; restore it from backup")
+    return key
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -55,7 +82,7 @@ class FileKeyStore:
             return []
         keys = []
         for entry in manifest["keys"]:
-            key_cls = RSAKey if entry["alg"].startswith(("RS", "PS")) else ECKey
+            key_cls = key_type(entry["alg"])
             if self._public_only:
                 key = key_cls.import_key(entry["public"])
             else:
@@ -72,6 +99,26 @@ class FileKeyStore:
                 )
             )
         return keys
+
+    def update(self, change: KeyChange) -> list[SigningKey]:
+        """``KeyStore.update`` under an exclusive ``flock`` on the key directory."""
+        if self._public_only:
+            raise PermissionError("a public-only key store cannot save keys")
+        self._ensure_dir()
+        fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor closes
+            current = self.load()
+            changed = change(current)
+            if changed is None:
+                return current
+            self.save(changed)
+            return list(changed)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per call."""
 
     def save(self, keys: Sequence[SigningKey]) -> None:
         if self._public_only:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -13,6 +13,7 @@ from deputy.clock import Clock
 
 ALG_CURVES = {"ES256": "P-256", "ES384": "P-384"}
 RSA_BITS = 3072
+_STALE: object = object()  # a version no store reports: the next refresh reloads
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,36 @@ class SigningKey:
         return jwk
 
 
+def key_type(alg: str) -> type[ECKey] | type[RSAKey]:
+    """The JWK class that holds keys for ``alg``."""
+    return RSAKey if alg.startswith(("RS", "PS")) else ECKey
+
+
+KeyChange = Callable[[list[SigningKey]], Sequence[SigningKey] | None]
+
+
 class KeyStore(Protocol):
-    """Where signing keys live (files in the data dir by default)."""
+    """Where signing keys live (files in the data dir by default, or PostgreSQL)."""
 
     def load(self) -> list[SigningKey]: ...
 
     def save(self, keys: Sequence[SigningKey]) -> None: ...
 
+    def update(self, change: KeyChange) -> list[SigningKey]:
+        """Read the stored keys under a lock every writer takes, store what ``change`` makes
+        of them (``None``: leave them) and return the keys stored afterwards.
+
+        ``change`` sees the keys as they are now, never a caller's older copy, so writers
+        that run at once (two rotations, two replicas creating the first key) lose nothing.
+        """
+        ...
+
     def version(self) -> object:
         """Changes whenever the stored keys change (so a running broker can reload)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store holds open (connections); a no-op for files."""
         ...
 
 
@@ -63,7 +85,7 @@ class KeyRing:
         self._clock = clock
         self._alg = alg
         self._keys: list[SigningKey] = []
-        self._version: object = None
+        self._version: object = _STALE
         self._jwks: dict[str, Any] = {"keys": []}
 
     def load(self, *, require_configured_alg: bool = True) -> None:
@@ -71,31 +93,46 @@ class KeyRing:
 
         A store without a key of the configured algorithm is refused unless told otherwise
         (rotation is how such a key gets added), so ``signing_alg`` is never silently ignored.
+        Several processes starting on one empty store at once end up with one first key.
         """
+        version = self._store.version()
         keys = self._store.load()
         if not keys:
-            keys = [generate_key(self._alg, self._clock.now())]
-            self._store.save(keys)
+            first = generate_key(self._alg, self._clock.now())  # made before the store's lock
+            keys = self._store.update(lambda current: None if current else [first])
+            version = _STALE
         if require_configured_alg and not any(k.alg == self._alg for k in keys):
             held = ", ".join(sorted({k.alg for k in keys}))
             raise ValueError(
                 f"signing_alg is {self._alg} but the stored signing keys are {held}; "
                 "run `deputy keys rotate` to add a key for it"
             )
-        self._set(keys)
+        self._set(keys, version)
 
     def refresh(self) -> bool:
-        """Reload if the store changed; return whether it did."""
+        """Reload if the store changed; return whether it did.
+
+        The version is read before the keys: a change that lands in between is loaded now
+        or at the next refresh, never missed.
+        """
         version = self._store.version()
         if version == self._version:
             return False
-        self._set(self._store.load())
+        self._set(self._store.load(), version)
         return True
 
-    def _set(self, keys: list[SigningKey]) -> None:
-        self._keys = sorted(keys, key=lambda k: k.activates_at)
-        self._version = self._store.version()
-        self._jwks = {"keys": [k.public_jwk() for k in self._keys]}
+    def _set(self, keys: Sequence[SigningKey], version: object) -> None:
+        # Built whole, then swapped in: a refresh may run on a worker thread while requests
+        # read the ring.
+        ordered = sorted(keys, key=lambda k: k.activates_at)
+        jwks = {"keys": [k.public_jwk() for k in ordered]}
+        self._keys = ordered
+        self._jwks = jwks
+        self._version = version
+
+    def close(self) -> None:
+        """Release the store's connections, if it has any."""
+        self._store.close()
 
     def active(self) -> SigningKey:
         """The newest key whose activation time has come."""
@@ -122,22 +159,29 @@ class KeyRing:
         return self._jwks
 
     def rotate(self, *, activate_after: float, max_token_lifetime: float) -> SigningKey:
-        """Add a key that signs from ``now + activate_after``; keep the old ones published."""
+        """Add a key that signs from ``now + activate_after``; keep the old ones published.
+
+        The keys retired are those stored when the store's lock is held, not this ring's
+        copy: a rotation elsewhere since this ring loaded is kept (and retired in turn).
+        """
         now = self._clock.now()
         new = generate_key(self._alg, now, now + activate_after)
-        kept = []
-        for k in self._keys:
-            if k.publish_until is not None and k.publish_until <= now:
-                continue  # no token signed by it can still be valid
-            if k.retired_at is None:
-                k = replace(
-                    k,
-                    retired_at=new.activates_at,
-                    publish_until=new.activates_at + max_token_lifetime,
-                )
-            kept.append(k)
-        self._store.save([*kept, new])
-        self._set([*kept, new])
+
+        def add(current: list[SigningKey]) -> list[SigningKey]:
+            kept = []
+            for k in current:
+                if k.publish_until is not None and k.publish_until <= now:
+                    continue  # no token signed by it can still be valid
+                if k.retired_at is None:
+                    k = replace(
+                        k,
+                        retired_at=new.activates_at,
+                        publish_until=new.activates_at + max_token_lifetime,
+                    )
+                kept.append(k)
+            return [*kept, new]
+
+        self._set(self._store.update(add), _STALE)
         return new
 
     def all_keys(self) -> list[SigningKey]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,3 +144,43 @@ def test_public_only_store_never_holds_a_private_key(tmp_path: Path) -> None:
     assert published.jwks() == signing.jwks()
     with pytest.raises(PermissionError):
         published.rotate(activate_after=0, max_token_lifetime=300)
+
+
+def test_a_rotation_from_a_stale_ring_keeps_the_key_another_added(tmp_path: Path) -> None:
+    clock = FakeClock()
+    first = ring(tmp_path, clock)
+    stale = ring(tmp_path, clock)  # loaded before the other rotation
+    second = first.rotate(activate_after=0, max_token_lifetime=300)
+    third = stale.rotate(activate_after=0, max_token_lifetime=300)
+    stored = {k.kid: k for k in FileKeyStore(tmp_path / "keys").load()}
+    assert set(stored) == {first.all_keys()[0].kid, second.kid, third.kid}
+    assert [kid for kid, k in stored.items() if k.retired_at is None] == [third.kid]
+    assert stored[second.kid].publish_until == third.activates_at + 300
+    assert {k.kid for k in stale.all_keys()} == set(stored)
+
+
+def test_concurrent_rotations_and_first_keys_lose_nothing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    starting = [KeyRing(FileKeyStore(tmp_path / "keys"), clock, "ES256") for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda r: r.load(), starting))
+    [first] = FileKeyStore(tmp_path / "keys").load()
+    assert {r.active().kid for r in starting} == {first.kid}
+
+    def rotate(r: KeyRing) -> str:
+        return r.rotate(activate_after=0, max_token_lifetime=300).kid
+
+    with ThreadPoolExecutor(4) as pool:
+        added = list(pool.map(rotate, starting * 3))
+    stored = FileKeyStore(tmp_path / "keys").load()
+    assert sorted(k.kid for k in stored) == sorted([first.kid, *added])
+    assert len([k for k in stored if k.retired_at is None]) == 1
+
+
+def test_an_update_that_changes_nothing_writes_nothing(tmp_path: Path) -> None:
+    store = FileKeyStore(tmp_path / "keys")
+    ring(tmp_path, FakeClock())
+    before = store.version()
+    kept = store.update(lambda current: None)
+    assert [k.kid for k in kept] == [k.kid for k in store.load()]
+    assert store.version() == before

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing
@@ -17,7 +14,8 @@ from deputy.audit.chain import ChainVerifier
 from deputy.audit.log import AuditFilter, ChainReport, LedgerEntry, LiveCredentials
 from deputy.audit.record import StoredRecord
 from deputy.audit.revocation import Revocation
-from deputy.errors import ConfigError, StoreUnavailable
+from deputy.errors import StoreUnavailable
+from deputy.store.key_files import open_secret_file
 from deputy.store.sqlite.audit_tables import (
     CREDENTIAL_ROWS_SQL,
     READ_HEAD,
@@ -276,26 +274,7 @@ class SqliteAuditReader:
 
 def open_head_key(data_dir: Path) -> bytes:
     """The chain head key in ``data_dir`` (0600), created with the directory (0700) if new."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = data_dir / KEY_FILE
-    if not path.exists():
-        # Written whole under a private name, then linked into place: a process starting at
-        # the same moment sees either no key or the complete one, never half of it.
-        tmp = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(secrets.token_bytes(KEY_BYTES))
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            tmp.unlink()
-    key = path.read_bytes()
-    if len(key) != KEY_BYTES:
-        raise ConfigError(f"{path} must hold exactly {KEY_BYTES} bytes; restore it from backup")
-    return key
+    return open_secret_file(data_dir / KEY_FILE, KEY_BYTES)
 
 
 def open_audit_reader(data_dir: Path) -> SqliteAuditReader:
