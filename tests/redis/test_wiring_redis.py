@@ -3,32 +3,24 @@ so in /readyz, and fails closed (503 within a second) when the counters do not a
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.integration.deployment import Deployment, running, write_deployment
-from tests.redis.conftest import admin, delete_prefix
-
-PREFIX = "deputy:quota:"  # the broker's own keys (the default prefix)
+from tests.redis.conftest import admin
 
 
-def with_counters(url: str) -> Any:
+def with_counters(url: str, prefix: str | None = None) -> Any:
     def mutate(doc: dict[str, Any]) -> None:
         doc["counters"] = url
+        if prefix is not None:
+            doc["counters_prefix"] = prefix
 
     return mutate
-
-
-@pytest.fixture
-def clean_counters(redis_url: str) -> Iterator[None]:
-    delete_prefix(PREFIX)
-    yield
-    delete_prefix(PREFIX)
 
 
 def issue(d: Deployment, client: httpx.Client) -> httpx.Response:
@@ -43,21 +35,24 @@ def issue(d: Deployment, client: httpx.Client) -> httpx.Response:
     )
 
 
-def test_the_configured_redis_holds_the_counters(
-    tmp_path: Path, redis_url: str, clean_counters: None
+def test_the_configured_redis_holds_the_counters_under_the_configured_prefix(
+    tmp_path: Path, redis_url: str, prefix: str
 ) -> None:
-    d = write_deployment(tmp_path, with_counters(redis_url))
+    d = write_deployment(tmp_path, with_counters(redis_url, prefix))
     with running(d) as (_, client):
         assert issue(d, client).status_code == 200
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["counters"] == "ok"
     with admin() as redis_client:
-        counted = [
-            int(redis_client.get(key) or 0)
-            for key in redis_client.scan_iter(match=f"{PREFIX}*", count=1000)
-            if not key.endswith((b":seeded", b":seeding"))
-        ]
-    assert counted == [1]
+        found = {
+            re.sub(r"^quota:\d+:", "quota:{day}:", key.decode().removeprefix(prefix)): value
+            for key in redis_client.scan_iter(match=f"{prefix}*", count=1000)
+            for value in [redis_client.get(key)]
+        }
+    assert found == {
+        "quota:{day}:https%3A%2F%2Flogin.example.com:alice:ticketing": b"1",
+        "quota:{day}:seeded": b"0",  # a new day: nothing in the audit log to seed
+    }
 
 
 def test_counters_that_do_not_answer_fail_closed_within_a_second(

@@ -21,6 +21,7 @@ SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$"  # RFC 6749 §3.3 scope-tok
 MAX_TTL_SECONDS = 86_400
 MAX_DELEGATION_DEPTH = 8
 MAX_SHUTDOWN_GRACE_SECONDS = 600
+COUNTERS_PREFIX_PATTERN = r"^[A-Za-z0-9:_-]{1,64}$"  # Redis key prefix: no glob or space
 
 _LOOPBACK_HTTP = re.compile(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
 
@@ -148,6 +149,9 @@ class Settings(_Strict):
     # Daily counters and replay caches: None keeps them in memory (one replica only); a
     # redis:// URL shares them, so limits stay exact across replicas.
     counters: Annotated[StrictStr, Field(pattern=r"^(redis|rediss|unix)://\S+$")] | None = None
+    # Where this deployment's keys start in that Redis: deployments sharing one server each
+    # take a prefix of their own.
+    counters_prefix: Annotated[StrictStr, Field(pattern=COUNTERS_PREFIX_PATTERN)] = "deputy:"
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
@@ -195,6 +199,10 @@ class Settings(_Strict):
                     f"metrics.clients: client {name!r} has no `secret_sha256`; a scraper "
                     "authenticates with HTTP Basic"
                 )
+        if "counters_prefix" in self.model_fields_set and self.counters is None:
+            problems.append(
+                "counters_prefix: names keys in Redis; set `counters: redis://...` or remove it"
+            )
         problems.extend(self._insecure_key_urls())
         if problems:
             raise ValueError("; ".join(problems))

@@ -180,10 +180,11 @@ def _counters(
             "counters: a redis:// URL needs the Redis backend: pip install 'deputy[server,redis]'"
         ) from None
     connection = connect_redis(settings.counters, timeout=COUNTERS_TIMEOUT_SECONDS)
+    prefix = settings.counters_prefix
     return (
-        RedisQuotaStore(connection, seed=seed),
-        RedisReplayCache(connection, name="client_assertion", clock=clock),
-        RedisReplayCache(connection, name="dpop", clock=clock),
+        RedisQuotaStore(connection, seed=seed, prefix=prefix),
+        RedisReplayCache(connection, name="client_assertion", clock=clock, prefix=prefix),
+        RedisReplayCache(connection, name="dpop", clock=clock, prefix=prefix),
         connection,
     )
 

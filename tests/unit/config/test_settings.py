@@ -205,3 +205,38 @@ def test_operations_defaults_are_quiet_and_closed(tmp_path: Path) -> None:
         "metrics": {"enabled": True, "clients": ["prometheus"]},
     }
     assert parse_settings(doc, tmp_path).metrics.clients == ("prometheus",)
+
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("counters", "expected"),
+    [
+        ({"counters_prefix": ""}, "counters_prefix: String should match pattern"),
+        ({"counters_prefix": "deputy:*"}, "counters_prefix: String should match pattern"),
+        ({"counters_prefix": "deputy prod:"}, "counters_prefix: String should match pattern"),
+        ({"counters_prefix": "d\u00e9puty:"}, "counters_prefix: String should match pattern"),
+        ({"counters_prefix": "x" * 65}, "counters_prefix: String should match pattern"),
+        ({"counters_prefix": "deputy:\n"}, "counters_prefix: String should match pattern"),
+        ({"counters_prefix": 7}, "counters_prefix: Input should be a valid string"),
+        (
+            {"counters": None, "counters_prefix": "deputy:"},
+            "counters_prefix: names keys in Redis; set `counters",
+        ),
+    ],
+    ids=["empty", "glob", "space", "non-ascii", "too-long", "newline", "number", "no-counters"],
+)
+def test_counters_prefix_is_a_short_plain_prefix_of_configured_counters(
+    counters: dict[str, object], expected: str, tmp_path: Path
+) -> None:
+    doc = {**example(), "counters": REDIS, **counters}
+    with pytest.raises(ConfigError) as err:
+        parse_settings(doc, tmp_path)
+    assert expected in str(err.value)
+
+
+def test_counters_prefix_defaults_to_deputy_and_keeps_what_is_given(tmp_path: Path) -> None:
+    assert parse_settings({**example(), "counters": REDIS}, tmp_path).counters_prefix == "deputy:"
+    given = {**example(), "counters": REDIS, "counters_prefix": "tenant-a:deputy_2:"}
+    assert parse_settings(given, tmp_path).counters_prefix == "tenant-a:deputy_2:"
