@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -15,6 +13,8 @@ from deputy.cli.drift import drift_command
 from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
 from deputy.cli.revoke import revoke
 from deputy.clock import SystemClock
+from deputy.config import Settings
+from deputy.config.settings import MAX_WORKERS
 from deputy.errors import ConfigError
 
 app = typer.Typer(
@@ -40,16 +40,31 @@ def serve(
         str | None, typer.Option(help="Address to bind (default: server.host).")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (default: server.port).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_WORKERS,
+            help="Processes serving on the one port (default: server.workers); more than 1 "
+            "needs storage: postgresql://... and counters: redis://...",
+        ),
+    ] = None,
 ) -> None:
     """Run the broker: JSON logs on stderr, SIGTERM stops gracefully, SIGHUP reloads the policy."""
-    import uvicorn
-
-    from deputy.server.app import create_app
     from deputy.server.logs import configure_logging
-    from deputy.server.wiring import build_broker, check_key_files
 
     settings = load_or_exit(config)
     configure_logging(settings.logging)
+    address = host or settings.server.host, settings.server.port if port is None else port
+    count = settings.server.workers if workers is None else workers
+    if count > 1:
+        raise typer.Exit(_serve_workers(settings, config, address, count))
+    import uvicorn
+
+    from deputy.server.app import create_app
+    from deputy.server.process import take_signals, uvicorn_options
+    from deputy.server.wiring import build_broker, check_key_files
+
     clock = SystemClock()
     try:
         check_key_files(settings)
@@ -57,26 +72,28 @@ def serve(
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    # Until the app takes SIGHUP over, it must not end the process (its default action).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler it
-    # found: a clean stop exits 0 rather than dying of the signal.
-    signal.signal(signal.SIGTERM, _stopped)
-    uvicorn.run(
-        application,
-        host=host or settings.server.host,
-        port=settings.server.port if port is None else port,
-        log_config=None,  # uvicorn's own records go through the JSON handler too
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=settings.server.shutdown_grace_seconds,
-    )
+    take_signals()
+    uvicorn.run(application, host=address[0], port=address[1], **uvicorn_options(settings))
 
 
-def _stopped(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM once uvicorn has drained (or before it started): a clean stop, exit 0."""
-    raise SystemExit(0)
+def _serve_workers(settings: Settings, config: Path, address: tuple[str, int], count: int) -> int:
+    """``count`` worker processes on one socket, supervised by this one; the exit status."""
+    from deputy.server.supervisor import Supervisor, check_workers, listen, prepare_keys
+    from deputy.server.wiring import check_key_files
+
+    try:
+        check_workers(settings, count)
+        check_key_files(settings)
+        prepare_keys(settings, SystemClock())
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        return 2
+    try:
+        sock = listen(*address)
+    except OSError as err:
+        typer.echo(f"error: cannot listen on {address[0]}:{address[1]}: {err}", err=True)
+        return 1
+    return Supervisor(config, sock, count).run()
 
 
 @app.command()

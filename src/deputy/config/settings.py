@@ -21,6 +21,7 @@ SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$"  # RFC 6749 §3.3 scope-tok
 MAX_TTL_SECONDS = 86_400
 MAX_DELEGATION_DEPTH = 8
 MAX_SHUTDOWN_GRACE_SECONDS = 600
+MAX_WORKERS = 64
 COUNTERS_PREFIX_PATTERN = r"^[A-Za-z0-9:_-]{1,64}$"  # Redis key prefix: no glob or space
 
 _LOOPBACK_HTTP = re.compile(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
@@ -106,6 +107,8 @@ class ServerSettings(_Strict):
     port: Annotated[StrictInt, Field(ge=0, le=65535)] = 8080
     # On SIGTERM, how long requests under way may take to finish before they are cancelled.
     shutdown_grace_seconds: Annotated[StrictInt, Field(ge=1, le=MAX_SHUTDOWN_GRACE_SECONDS)] = 30
+    # Processes serving on the one listening socket; more than one needs shared state.
+    workers: Annotated[StrictInt, Field(ge=1, le=MAX_WORKERS)] = 1
 
 
 class ConsoleSettings(_Strict):
@@ -203,10 +206,32 @@ class Settings(_Strict):
             problems.append(
                 "counters_prefix: names keys in Redis; set `counters: redis://...` or remove it"
             )
+        unshared = self.unshared_state(self.server.workers)
+        if unshared is not None:
+            problems.append(f"server.workers: {unshared}")
         problems.extend(self._insecure_key_urls())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def unshared_state(self, workers: int) -> str | None:
+        """Why ``workers`` processes could not share this configuration's state (None: they can).
+
+        SQLite has one writer, and in-memory counters are per process: N workers on them
+        would multiply every rate limit by N.
+        """
+        missing = [
+            key
+            for key, value in (("storage", self.storage), ("counters", self.counters))
+            if value is None
+        ]
+        if workers == 1 or not missing:
+            return None
+        return (
+            f"{workers} workers need `storage: postgresql://...` and `counters: redis://...` "
+            f"(not set: {', '.join(missing)}): SQLite has one writer, and in-memory counters "
+            f"are per process, so every rate limit would be multiplied by {workers}"
+        )
 
     def _insecure_key_urls(self) -> list[str]:
         """Keys fetched over the network must come over https (plain http only on loopback)."""
