@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from sqlalchemy.engine import make_url
 
 from deputy.store.postgres import upgrade
@@ -95,3 +96,13 @@ def raw(url: str, *statements: str) -> None:
 def fetch(url: str, statement: str) -> list[tuple[object, ...]]:
     with psycopg.connect(url, connect_timeout=3, autocommit=True) as conn:
         return list(conn.execute(statement.encode()))
+
+
+def replica_config(config: Path, data_dir: Path) -> Path:
+    """A copy of ``config`` (next to it, so relative trust paths still hold) whose data dir is
+    ``data_dir``: another replica of the same deployment."""
+    document = yaml.safe_load(config.read_text())
+    document["data_dir"] = str(data_dir)
+    copy = config.with_name(f"{config.stem}-{data_dir.name}.yaml")
+    copy.write_text(yaml.safe_dump(document))
+    return copy

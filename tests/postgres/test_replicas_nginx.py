@@ -1,6 +1,8 @@
 """Three `deputy serve` replicas behind nginx on loopback, sharing PostgreSQL and Redis.
 
-Every replica publishes the same keys, and a rotation reaches all of them; credentials issued
+Each replica has a data dir of its own holding only copies of `audit.key` and `keys.kek`: the
+signing keys are in the database. Every replica publishes the same keys, and a rotation run
+with any replica's config reaches all of them; credentials issued
 through the balancer each have exactly one audit record and the chains verify; a user's daily
 limit holds exactly under load spread over the replicas; a revocation made on one replica is
 refused by every other within a second.
@@ -23,16 +25,19 @@ from typer.testing import CliRunner
 
 from deputy.audit.log import AuditFilter
 from deputy.cli.main import app
+from deputy.config import load_settings
 from deputy.devtools.broker_process import BrokerProcess, free_port
 from deputy.oauth.endpoints import JWKS_PATH
 from deputy.store.audit_store import open_reader
 from tests.integration.deployment import Deployment, write_deployment
 from tests.integration.oauth_client import alice_exchange, new_secret, with_clients
+from tests.postgres.conftest import replica_config
 from tests.redis.conftest import delete_prefix
 from tests.redis.conftest import redis_url as redis_url  # the fixture, for the cluster
 
 ADMIN = ("security-team", new_secret()[0])
 REPLICAS = 3
+SHARED_FILES = ["audit.key", "keys.kek"]  # all a replica's data dir holds
 COUNTERS = "deputy:quota:"  # the replicas' keys in Redis (the default prefix)
 NGINX_CONF = """
 worker_processes 1;
@@ -123,9 +128,16 @@ def cluster(
     replicas: list[BrokerProcess] = []
     balancer: Balancer | None = None
     try:
-        # One after another: the first creates the shared signing keys in the data dir.
-        for n in range(REPLICAS):
-            replicas.append(BrokerProcess(d.config_path, log=tmp_path / f"replica-{n}.log").start())
+        # The first creates audit.key, keys.kek and the first signing key (in the database);
+        # the others start from copies of the two files, as a deployment would hand them out.
+        replicas.append(BrokerProcess(d.config_path, log=tmp_path / "replica-0.log").start())
+        for n in range(1, REPLICAS):
+            data_dir = tmp_path / f"replica-{n}"
+            data_dir.mkdir(mode=0o700)
+            for name in SHARED_FILES:
+                shutil.copy2(d.settings.data_dir / name, data_dir / name)
+            config = replica_config(d.config_path, data_dir)
+            replicas.append(BrokerProcess(config, log=tmp_path / f"replica-{n}.log").start())
         balancer = Balancer(tmp_path / "nginx", [r.port for r in replicas])
         yield d, replicas, balancer.url
     finally:
@@ -153,6 +165,9 @@ def test_replicas_share_keys_records_and_revocations(
     cluster: tuple[Deployment, list[BrokerProcess], str],
 ) -> None:
     d, replicas, balanced = cluster
+    data_dirs = [load_settings(r.config).data_dir for r in replicas]
+    assert len(set(data_dirs)) == REPLICAS
+    assert all(sorted(p.name for p in data_dir.iterdir()) == SHARED_FILES for data_dir in data_dirs)
     published = [jwks(r.url) for r in replicas]
     assert published[0]["keys"] and published.count(published[0]) == REPLICAS
 
@@ -206,8 +221,8 @@ def test_replicas_share_keys_records_and_revocations(
         pending = [r for r in pending if active_on(r.url, token)]
     assert pending == [], f"still active after 1 s on {[r.url for r in pending]}"
 
-    # A rotation in the shared key directory reaches every replica's JWKS.
-    rotated = CliRunner().invoke(app, ["keys", "rotate", "--config", str(d.config_path)])
+    # A rotation in the database, from the last replica's host, reaches every replica's JWKS.
+    rotated = CliRunner().invoke(app, ["keys", "rotate", "--config", str(replicas[-1].config)])
     assert rotated.exit_code == 0, rotated.output
     before = {k["kid"] for k in published[0]["keys"]}
     deadline = time.monotonic() + 10

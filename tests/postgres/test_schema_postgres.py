@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from deputy.store.postgres import (
     upgrade,
 )
 from deputy.store.postgres.connect import Timeouts, make_engine
+from deputy.store.postgres.keys import KEK_BYTES, PostgresKeyStore
 from deputy.store.postgres.schema import downgrade, head_revisions
 from deputy.store.postgres.tables import metadata
 from tests.audit_records import KEY, make_record
@@ -24,7 +26,7 @@ from tests.postgres.conftest import fetch, raw
 
 
 def test_upgrade_creates_the_schema_the_code_declares(empty_url: str) -> None:
-    assert upgrade(empty_url) == "0001" == ", ".join(head_revisions())
+    assert upgrade(empty_url) == "0002" == ", ".join(head_revisions())
     engine = make_engine(empty_url, Timeouts(), pooled=False)
     try:
         with engine.connect() as conn:
@@ -34,6 +36,9 @@ def test_upgrade_creates_the_schema_the_code_declares(empty_url: str) -> None:
         engine.dispose()
     assert fetch(empty_url, "SELECT id, seq, hash, mac FROM chain_registry_head") == [
         (1, None, None, None)
+    ]
+    assert fetch(empty_url, "SELECT id, generation, kek_check FROM signing_key_ring") == [
+        (1, 0, None)
     ]
     collations = fetch(
         empty_url,
@@ -53,9 +58,10 @@ def test_upgrade_is_idempotent_and_safe_from_several_replicas_at_once(empty_url:
     ]
     outputs = [process.communicate(timeout=60)[0] for process in processes]
     assert [p.returncode for p in processes] == [0, 0, 0]
-    assert outputs == ["0001\n"] * 3
-    assert upgrade(empty_url) == "0001"
+    assert outputs == ["0002\n"] * 3
+    assert upgrade(empty_url) == "0002"
     assert fetch(empty_url, "SELECT count(*) FROM chain_registry_head") == [(1,)]
+    assert fetch(empty_url, "SELECT count(*) FROM signing_key_ring") == [(1,)]
 
 
 async def test_a_store_without_the_schema_refuses_to_start_and_names_the_command(
@@ -94,8 +100,36 @@ async def test_a_schema_at_another_revision_is_refused(
 
 def test_downgrade_to_base_then_upgrade_again(pg_url: str) -> None:
     assert downgrade(pg_url, "base") == ""
-    assert fetch(pg_url, "SELECT to_regclass('records')") == [(None,)]
-    assert upgrade(pg_url) == "0001"
+    assert fetch(pg_url, "SELECT to_regclass('records'), to_regclass('signing_keys')") == [
+        (None, None)
+    ]
+    assert upgrade(pg_url) == "0002"
+
+
+def test_a_database_at_0001_gets_the_key_tables_and_keeps_its_records(pg_url: str) -> None:
+    """0001 -> 0002 on a database with an audit: the key tables are added, nothing else moves;
+    until then a key store refuses it and names the command."""
+    raw(
+        pg_url,
+        "INSERT INTO revocations (record_id, selector, value, issued_before, expires_at)"
+        " VALUES (7, 'jti', 'j-1', 1, 2)",
+    )
+    assert downgrade(pg_url, "0001") == "0001"
+    assert fetch(pg_url, "SELECT to_regclass('signing_keys'), to_regclass('signing_key_ring')") == [
+        (None, None)
+    ]
+    with (
+        PostgresKeyStore(pg_url, secrets.token_bytes(KEK_BYTES)) as store,
+        pytest.raises(
+            SchemaOutOfDate, match=r"at revision 0001, not 0002; run `deputy db upgrade`"
+        ),
+    ):
+        store.check_schema()
+    assert upgrade(pg_url) == "0002"
+    assert fetch(pg_url, "SELECT record_id, value FROM revocations") == [(7, "j-1")]
+    with PostgresKeyStore(pg_url, secrets.token_bytes(KEK_BYTES)) as store:
+        store.check_schema()
+        assert store.version() == 0 and store.load() == []
 
 
 def test_urls_are_checked_and_never_echo_a_password() -> None:

@@ -174,9 +174,9 @@ def create_app(broker: Broker, clock: Clock, *, config_path: Path | None = None)
     async def reload_keys() -> None:
         while True:
             await asyncio.sleep(KEY_RELOAD_INTERVAL_SECONDS)
-            try:
-                broker.key_ring.refresh()
-            except Exception:  # a rotation caught half-written: the next turn reloads
+            try:  # on a worker thread: the key store may be a database
+                await asyncio.to_thread(broker.key_ring.refresh)
+            except Exception:  # a rotation caught half-written, a database away: keep the keys
                 _log.warning("signing keys could not be reloaded; retrying", exc_info=True)
 
     def reload_config(reloader: ConfigReloader) -> None:

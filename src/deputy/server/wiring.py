@@ -44,6 +44,7 @@ from deputy.service.revocation import RevocationOutcome, Revocations
 from deputy.service.usage import UsageReports
 from deputy.store.audit_store import AuditReaderStore, AuditStore, open_audit_store
 from deputy.store.key_files import KEYS_DIR, FileKeyStore
+from deputy.store.key_store import open_key_store
 from deputy.store.sqlite.audit import open_audit_log
 from deputy.store.sqlite.audit_reader import open_audit_reader
 from deputy.tokens.dpop import DpopVerifier
@@ -96,6 +97,7 @@ class Broker:
         await self.audit.aclose()
         if self.counters is not None:
             await self.counters.aclose()
+        self.key_ring.close()  # after the audit log, which signs with it on PostgreSQL
 
     def use_policy(self, policy: Policy, settings: Settings) -> None:
         """Decide new requests under ``policy`` (a reload); ``settings`` is the config with it."""
@@ -114,21 +116,33 @@ def _source(location: str | None, issuer: str, http: httpx.AsyncClient) -> KeySo
 
 
 def open_key_ring(settings: Settings, clock: Clock, *, for_rotation: bool = False) -> KeyRing:
-    """The signing keys in the data dir (created on first use)."""
-    ring = KeyRing(FileKeyStore(settings.data_dir / KEYS_DIR), clock, settings.signing_alg)
-    ring.load(require_configured_alg=not for_rotation)
+    """The private signing keys (created on first use); the caller closes the ring.
+
+    In the data dir, or with ``storage`` set in PostgreSQL, sealed under ``keys.kek`` (an
+    empty database first imports the data dir's file keys, if any).
+    """
+    ring = KeyRing(open_key_store(settings), clock, settings.signing_alg)
+    try:
+        ring.load(require_configured_alg=not for_rotation)
+    except BaseException:
+        ring.close()
+        raise
     return ring
 
 
 def open_published_keys(settings: Settings, clock: Clock) -> KeyRing:
-    """The broker's view of the signing keys: public keys only.
+    """The broker's view of the signing keys: public keys only (SQLite).
 
     The private keys are read by the audit writer process, which signs; the process that
     parses requests never loads them (beyond creating the first key on a new data dir).
+    With PostgreSQL the broker signs itself, and the keys are read whole (the sealed key is
+    what proves a row was written by a holder of ``keys.kek``).
     """
+    if settings.storage is not None:
+        return open_key_ring(settings, clock)
     directory = settings.data_dir / KEYS_DIR
     if FileKeyStore(directory).version() is None:
-        open_key_ring(settings, clock)
+        open_key_ring(settings, clock).close()
     ring = KeyRing(FileKeyStore(directory, public_only=True), clock, settings.signing_alg)
     ring.load()
     return ring
@@ -300,14 +314,14 @@ async def revoke_now(
         store, reader = open_audit_store(settings, clock, None)
         await store.start()
         audit = store
+    keys: KeyRing | None = None
     try:
+        keys = open_published_keys(settings, clock)
         revocations = Revocations(
             issuer=settings.issuer,
             ledger=reader,
             audit=audit,
-            credentials=CredentialVerifier(
-                settings.issuer, open_published_keys(settings, clock), clock
-            ),
+            credentials=CredentialVerifier(settings.issuer, keys, clock),
             clock=clock,
             ids=ids,
             max_ttl=policy_from_settings(settings).max_ttl,
@@ -318,3 +332,5 @@ async def revoke_now(
         )
     finally:
         await audit.aclose()
+        if keys is not None:
+            keys.close()

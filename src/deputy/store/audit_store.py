@@ -35,7 +35,8 @@ class AuditStore(AuditLog, Protocol):
     async def start(self) -> None: ...
 
 
-def _require_postgres() -> None:
+def require_postgres() -> None:
+    """Raise a ``ConfigError`` naming the extra to install unless the backend is importable."""
     try:
         import deputy.store.postgres  # noqa: F401
     except ImportError:
@@ -54,7 +55,7 @@ def open_reader(settings: Settings) -> AuditReaderStore:
     """The audit reader of the configured store (for the CLI and the broker)."""
     if settings.storage is None:
         return open_audit_reader(settings.data_dir)
-    _require_postgres()
+    require_postgres()
     from deputy.store.postgres import PostgresAuditReader
 
     reader = PostgresAuditReader(settings.storage, open_head_key(settings.data_dir))
@@ -75,7 +76,7 @@ def open_audit_store(
     if settings.storage is None:
         reader = open_audit_reader(settings.data_dir)
         return ProcessAuditLog(settings.data_dir, reader, settings.signing_alg), reader
-    _require_postgres()
+    require_postgres()
     from deputy.store.postgres import PostgresAuditLog
     from deputy.tokens.mint import TokenSigner
 
@@ -90,10 +91,17 @@ def upgrade_schema(settings: Settings) -> str:
     """Bring the configured database to the schema this Deputy needs; the revision."""
     if settings.storage is None:
         raise ConfigError("storage: not set; the SQLite audit log migrates itself on start")
-    _require_postgres()
+    require_postgres()
     from deputy.store.postgres import upgrade
 
     return str(upgrade(settings.storage))
 
 
-__all__ = ["AuditStore", "has_audit_log", "open_audit_store", "open_reader", "upgrade_schema"]
+__all__ = [
+    "AuditStore",
+    "has_audit_log",
+    "open_audit_store",
+    "open_reader",
+    "require_postgres",
+    "upgrade_schema",
+]

@@ -99,8 +99,9 @@ class KeyRing:
         keys = self._store.load()
         if not keys:
             first = generate_key(self._alg, self._clock.now())  # made before the store's lock
-            keys = self._store.update(lambda current: None if current else [first])
-            version = _STALE
+            self._store.update(lambda current: None if current else [first])
+            version = self._store.version()
+            keys = self._store.load()
         if require_configured_alg and not any(k.alg == self._alg for k in keys):
             held = ", ".join(sorted({k.alg for k in keys}))
             raise ValueError(

@@ -8,6 +8,9 @@ of their own (``chain``, ``chain_seq``), with a MAC'd head row per chain, and ev
 registered in ``chain_registry``, itself a hash chain with a MAC'd head, whose entries also
 witness (anchor) the heads of the other chains. See ``docs/postgres-audit.md``.
 
+The signing keys live here too (``signing_keys``, with their private halves sealed, and the
+one ``signing_key_ring`` row every writer of keys locks); see ``store/postgres/keys.py``.
+
 The migrations in ``migrations/versions`` create exactly this schema (a test compares them).
 """
 
@@ -23,6 +26,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -164,6 +168,32 @@ chain_anchors = Table(
     Column("hash", Text, nullable=False),
     PrimaryKeyConstraint("registry_seq", "chain", name="chain_anchors_pkey"),
     Index("chain_anchors_chain", "chain", "registry_seq"),
+)
+
+# The one row writers of signing keys lock: a generation bumped by every change (what a
+# running broker polls), and the check value of the key-encryption key the keys are sealed
+# with (NULL until the first key is stored).
+signing_key_ring = Table(
+    "signing_key_ring",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("kek_check", Text),
+    CheckConstraint("id = 1", name="signing_key_ring_one_row"),
+)
+
+# One row per signing key: lifecycle times and public JWK in clear, the private key sealed.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", TEXT, primary_key=True),
+    Column("alg", TEXT, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("activates_at", Double, nullable=False),
+    Column("retired_at", Double),
+    Column("publish_until", Double),
+    Column("public_jwk", Text, nullable=False),
+    Column("sealed_key", LargeBinary, nullable=False),
 )
 
 # Columns copied out of the hashed body so queries can use indexes; verify checks they agree.
