@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from deputy.devtools.broker_process import BrokerProcess
+from deputy.oauth.endpoints import JWKS_PATH
 from deputy.store.audit_store import open_reader
 from tests.integration.deployment import Deployment, write_deployment
 from tests.integration.test_serve_process import read_to_end, read_until, wait_until_refused
@@ -150,6 +151,9 @@ def test_two_workers_serve_and_one_users_limit_is_exact_across_them(workers: Wor
     assert len(pids) == WORKERS and workers.broker.pid not in pids
     clients = workers.connections()
     assert set(clients) == pids  # both workers answered, and only they did
+    # Started together on an empty key store, they publish the one key set.
+    published = [c.get(JWKS_PATH).json() for cs in clients.values() for c in cs]
+    assert published[0]["keys"] and published.count(published[0]) == len(published)
     carol = "carol"
 
     statuses = spread(clients, 30, lambda c: workers.issue(c, carol, "ticketing_api").status_code)

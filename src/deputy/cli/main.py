@@ -78,13 +78,12 @@ def serve(
 
 def _serve_workers(settings: Settings, config: Path, address: tuple[str, int], count: int) -> int:
     """``count`` worker processes on one socket, supervised by this one; the exit status."""
-    from deputy.server.supervisor import Supervisor, check_workers, listen, prepare_keys
+    from deputy.server.supervisor import Supervisor, check_workers, listen
     from deputy.server.wiring import check_key_files
 
     try:
         check_workers(settings, count)
         check_key_files(settings)
-        prepare_keys(settings, SystemClock())
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         return 2

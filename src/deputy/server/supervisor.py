@@ -37,10 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from deputy.clock import Clock
 from deputy.config.settings import Settings
 from deputy.errors import ConfigError
-from deputy.server.wiring import open_key_ring
 
 BACKLOG = 2048  # uvicorn's default
 WATCH_INTERVAL_SECONDS = 1.0  # a backstop: signals (SIGCHLD included) wake the parent at once
@@ -54,11 +52,6 @@ def check_workers(settings: Settings, workers: int) -> None:
     problem = settings.unshared_state(workers)
     if problem is not None:
         raise ConfigError(problem)
-
-
-def prepare_keys(settings: Settings, clock: Clock) -> None:
-    """Create the first signing key now, so that workers starting together do not race to."""
-    open_key_ring(settings, clock)
 
 
 def listen(host: str, port: int) -> socket.socket:
