@@ -21,6 +21,10 @@ SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$"  # RFC 6749 §3.3 scope-tok
 MAX_TTL_SECONDS = 86_400
 MAX_DELEGATION_DEPTH = 8
 MAX_SHUTDOWN_GRACE_SECONDS = 600
+# Trusted issuers' keys are fetched at most once per 30 s: a bound of at least two such
+# intervals lets one failed fetch be retried before the cached keys go stale.
+MIN_KEY_STALENESS_SECONDS = 60
+MAX_KEY_STALENESS_SECONDS = 7 * 86_400
 MAX_WORKERS = 64
 COUNTERS_PREFIX_PATTERN = r"^[A-Za-z0-9:_-]{1,64}$"  # Redis key prefix: no glob or space
 
@@ -132,6 +136,15 @@ class LoggingSettings(_Strict):
     access: StrictBool = False  # one line per request (method, route, status, duration, request id)
 
 
+class JwksSettings(_Strict):
+    """Keys of trusted issuers (JWKS, SPIFFE bundles, OIDC discovery), cached per issuer."""
+
+    # How long cached keys serve without a good fetch; past it, that issuer's tokens get 503.
+    max_staleness_seconds: Annotated[
+        StrictInt, Field(ge=MIN_KEY_STALENESS_SECONDS, le=MAX_KEY_STALENESS_SECONDS)
+    ] = 86_400
+
+
 class Settings(_Strict):
     issuer: StrictStr
     data_dir: Path
@@ -145,6 +158,7 @@ class Settings(_Strict):
     console: ConsoleSettings = ConsoleSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
+    jwks: JwksSettings = JwksSettings()
     signing_alg: Literal["ES256", "ES384", "PS256", "RS256"] = "ES256"
     # Where records go: None is SQLite in the data dir; a postgresql:// URL is shared by
     # every replica (audit, revocations, ledger). ``deputy db upgrade`` creates the schema.

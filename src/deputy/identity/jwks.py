@@ -23,6 +23,9 @@ MAX_DOCUMENT_DEPTH = 16
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 FETCH_DEADLINE_SECONDS = 10.0
+MIN_REFETCH_INTERVAL_SECONDS = 30.0  # at most one fetch per issuer per 30 s, whatever asks
+REFRESH_INTERVAL_SECONDS = 300.0
+MAX_STALENESS_SECONDS = 24 * 3600.0
 logger = logging.getLogger(__name__)
 
 
@@ -184,9 +187,9 @@ class JwksCache:
         source: KeySource,
         clock: Clock,
         *,
-        min_refetch_interval: float = 30.0,
-        max_staleness: float = 24 * 3600,
-        refresh_interval: float = 300.0,
+        min_refetch_interval: float = MIN_REFETCH_INTERVAL_SECONDS,
+        max_staleness: float = MAX_STALENESS_SECONDS,
+        refresh_interval: float = REFRESH_INTERVAL_SECONDS,
     ) -> None:
         self._source = source
         self._clock = clock

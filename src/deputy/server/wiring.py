@@ -28,7 +28,7 @@ from deputy.identity import (
     WorkloadVerifier,
 )
 from deputy.identity.errors import KeySourceError
-from deputy.identity.jwks import KeySource
+from deputy.identity.jwks import REFRESH_INTERVAL_SECONDS, KeySource
 from deputy.identity.replay import ReplayCache, ReplayGuard
 from deputy.ids import IdSource
 from deputy.oauth.client_auth import ClientAuthenticator, ClientEntry
@@ -206,9 +206,14 @@ def _counters(
 def _build_broker(settings: Settings, clock: Clock, metrics: BrokerMetrics) -> Broker:
     http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
     caches: list[JwksCache] = []
+    staleness = float(settings.jwks.max_staleness_seconds)
+    # Refreshed at least twice within the bound, so a short bound is not outlived by the
+    # cache's own refresh interval.
+    refresh = min(REFRESH_INTERVAL_SECONDS, staleness / 2)
 
     def cache(location: str | None, issuer: str) -> JwksCache:
-        c = JwksCache(_source(location, issuer, http), clock)
+        source = _source(location, issuer, http)
+        c = JwksCache(source, clock, max_staleness=staleness, refresh_interval=refresh)
         caches.append(c)
         return c
 
