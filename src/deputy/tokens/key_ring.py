@@ -125,7 +125,9 @@ class KeyRing:
     def _set(self, keys: Sequence[SigningKey], version: object) -> None:
         # Built whole, then swapped in: a refresh may run on a worker thread while requests
         # read the ring.
-        ordered = sorted(keys, key=lambda k: k.activates_at)
+        # By activation; at equal times a key not yet retired is the newer (a rotation retires
+        # the keys before it), whatever order the store lists them in.
+        ordered = sorted(keys, key=lambda k: (k.activates_at, k.retired_at is None))
         jwks = {"keys": [k.public_jwk() for k in ordered]}
         self._keys = ordered
         self._jwks = jwks

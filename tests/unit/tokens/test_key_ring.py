@@ -184,3 +184,12 @@ def test_an_update_that_changes_nothing_writes_nothing(tmp_path: Path) -> None:
     kept = store.update(lambda current: None)
     assert [k.kid for k in kept] == [k.kid for k in store.load()]
     assert store.version() == before
+
+
+def test_at_equal_activation_times_the_key_not_yet_retired_signs(tmp_path: Path) -> None:
+    clock = FakeClock()
+    r = ring(tmp_path, clock)
+    new = r.rotate(activate_after=0, max_token_lifetime=300)  # activates when the first did
+    store = FileKeyStore(tmp_path / "keys")
+    store.save(list(reversed(store.load())))  # whatever order a store lists them in
+    assert r.refresh() and r.active().kid == new.kid
