@@ -51,6 +51,8 @@ bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/issue_bench.py
 	$(BIN)/python bench/verify_bench.py
+	$(MAKE) services
+	$(BIN)/python bench/scale_bench.py
 
 bench-audit: $(STAMP)
 	$(BIN)/python bench/audit_query_bench.py
