@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser services demo test lint fmt bench bench-audit clean
+.PHONY: install browser services demo test lint fmt bench bench-audit soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,13 @@ bench: $(STAMP)
 bench-audit: $(STAMP)
 	$(BIN)/python bench/audit_query_bench.py
 	$(BIN)/python bench/console_bench.py
+
+# Ten minutes of legitimate issuances with a hostile mix alongside, on the default (SQLite)
+# deployment; fails if memory grows or the legitimate p99 passes twice the clean run's.
+# Options go in SOAK_ARGS, e.g. SOAK_ARGS="--minutes 2" or SOAK_ARGS="--backend postgres".
+soak: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts .deputy-demo .pytest_cache .mypy_cache .ruff_cache
