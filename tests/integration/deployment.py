@@ -16,6 +16,7 @@ from deputy.config import Settings, load_settings
 from deputy.devtools.broker_thread import BrokerThread
 from deputy.devtools.example import ExampleIdentities, example_config, write_example_trust
 from deputy.devtools.signer import LocalIdp, SvidSigner
+from tests.backends import place
 
 SUPPORT = "/agents/support/triage"
 ESCALATION = "system:serviceaccount:support:escalation"
@@ -50,10 +51,12 @@ def write_deployment(
     mutate: Callable[[dict[str, Any]], None] | None = None,
     clock: Clock | None = None,
 ) -> Deployment:
-    """The example config (changed by ``mutate``) with trust files for run-time keys."""
+    """The example config (changed by ``mutate``) with trust files for run-time keys, on the
+    suite's backend (``tests/conftest.py``: SQLite, or PostgreSQL and Redis)."""
     document = yaml.safe_load(example_config())
     if mutate:
         mutate(document)
+    place(directory, document)
     config = directory / "deputy.yaml"
     config.write_text(yaml.safe_dump(document))
     identities = write_example_trust(directory, clock or SystemClock())

@@ -1,26 +1,22 @@
 """A real PostgreSQL for every test here: a fresh database each, dropped afterwards.
 
-The server is ``postgresql://postgres@127.0.0.1:5432/postgres`` unless
-``DEPUTY_TEST_POSTGRES`` names another (an administrator URL, for CREATE DATABASE). When it
+The server is the one ``tests/services.py`` names (``DEPUTY_TEST_POSTGRES``); a database at
+the head schema is a copy of the session's template (``head_database``). When the server
 cannot be reached every test here fails with that message: they never skip, so a CI run
 without PostgreSQL cannot pass unnoticed.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
-from sqlalchemy.engine import make_url
 
-from deputy.store.postgres import upgrade
+from tests.services import TemplateDatabase, create_database, drop_database, require_postgres
 
-ADMIN_URL = os.environ.get("DEPUTY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 _HERE = Path(__file__).parent
 
 
@@ -36,37 +32,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
 
 
-def _admin() -> psycopg.Connection[tuple[object, ...]]:
-    return psycopg.connect(ADMIN_URL, connect_timeout=3, autocommit=True)
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     """The administrator URL, once the server has answered; a loud failure otherwise."""
-    try:
-        _admin().close()
-    except psycopg.Error as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {make_url(ADMIN_URL).render_as_string()}: {exc}."
-            " The tests in tests/postgres need a real server: start it, or point"
-            " DEPUTY_TEST_POSTGRES at one.",
-            pytrace=False,
-        )
-    return ADMIN_URL
-
-
-def create_database(admin_url: str) -> str:
-    """A new, empty database; its URL."""
-    name = f"deputy_test_{secrets.token_hex(6)}"
-    with _admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(url: str) -> None:
-    name = make_url(url).database
-    with _admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return require_postgres("The tests in tests/postgres")
 
 
 @pytest.fixture
@@ -80,10 +49,13 @@ def empty_url(postgres_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_url(empty_url: str) -> str:
+def pg_url(head_database: TemplateDatabase) -> Iterator[str]:
     """A fresh database at the head revision."""
-    upgrade(empty_url)
-    return empty_url
+    url = head_database.copy()
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 def raw(url: str, *statements: str) -> None:

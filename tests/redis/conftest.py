@@ -1,24 +1,23 @@
 """A real Redis for every test here; each test gets a key prefix of its own, deleted after.
 
-The server is ``redis://127.0.0.1:6379/0`` unless ``DEPUTY_TEST_REDIS`` names another. When
-it cannot be reached every test here fails with that message: they never skip, so a CI run
-without Redis cannot pass unnoticed.
+The server is the one ``tests/services.py`` names (``DEPUTY_TEST_REDIS``). When it cannot be
+reached every test here fails with that message: they never skip, so a CI run without Redis
+cannot pass unnoticed.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import redis
-from deputy.store.redis.connection import redacted
 from tests.redis.proxy import DelayProxy
+from tests.services import delete_prefix, new_prefix, require_redis
+from tests.services import redis_admin as admin
 
-REDIS_URL = os.environ.get("DEPUTY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+__all__ = ["admin", "delete_prefix"]  # for the tests that use the server directly
+
 _HERE = Path(__file__).parent
 
 
@@ -34,40 +33,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
 
 
-def admin() -> redis.Redis:
-    return redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The server's URL, once it has answered; a loud failure otherwise."""
-    try:
-        with admin() as client:
-            client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(
-            f"Redis is not reachable at {redacted(REDIS_URL)}: {exc}. The tests in tests/redis"
-            " need a real server: start it, or point DEPUTY_TEST_REDIS at one.",
-            pytrace=False,
-        )
-    return REDIS_URL
+    return require_redis("The tests in tests/redis")
 
 
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
     """A key prefix no other test uses; every key under it is deleted afterwards."""
-    value = f"deputy-test:{secrets.token_hex(6)}:"
+    value = new_prefix()
     yield value
     delete_prefix(value)
-
-
-def delete_prefix(value: str) -> int:
-    """Delete every key under ``value`` (what a Redis restarted empty has lost); how many."""
-    with admin() as client:
-        keys = list(client.scan_iter(match=f"{value}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    return len(keys)
 
 
 @pytest.fixture
