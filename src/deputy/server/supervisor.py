@@ -42,7 +42,7 @@ from deputy.errors import ConfigError
 
 BACKLOG = 2048  # uvicorn's default
 WATCH_INTERVAL_SECONDS = 1.0  # a backstop: signals (SIGCHLD included) wake the parent at once
-RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+WATCHED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)  # SIGCHLD: a worker ended
 
 _log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Supervisor:
         os.set_blocking(wake_w, False)
         lifeline_r, lifeline_w = os.pipe()
         previous_wakeup = signal.set_wakeup_fd(wake_w)
-        previous = {s: signal.signal(s, self._received) for s in RELAYED}
+        previous = {s: signal.signal(s, self._received) for s in WATCHED}
         try:
             try:
                 self._start(lifeline_r)
@@ -117,6 +117,8 @@ class Supervisor:
             signal.set_wakeup_fd(previous_wakeup)
             for fd in (wake_r, wake_w, lifeline_w):
                 os.close(fd)  # lifeline_w: any worker still running sees its parent gone
+        # A worker stopped before it had taken its signals dies of the SIGTERM it was sent:
+        # it had served nothing, so that too is a clean stop.
         clean = not self._failed and all(w.status in (0, -signal.SIGTERM) for w in self._workers)
         _log.info("workers stopped", extra={"clean": clean})
         return 0 if clean else 1
