@@ -324,6 +324,18 @@ async def test_a_retired_chain_cannot_grow(pg_url: str) -> None:
     )
 
 
+async def test_a_closed_reader_refuses_instead_of_opening_a_new_pool(
+    log: PostgresAuditLog,
+) -> None:
+    await log.append(make_record(1))
+    await log.aclose()  # closes its reader
+    with pytest.raises(StoreUnavailable, match="the reader is closed"):
+        list(log.reader.query(AuditFilter()))
+    with pytest.raises(StoreUnavailable, match="the reader is closed"):
+        await log.reader.credential("jti-1")
+    assert log.reader._engine.pool.checkedin() == 0  # no connection left for nobody to close
+
+
 async def test_well_linked_record_after_the_head_is_caught(
     log: PostgresAuditLog, pg_url: str
 ) -> None:

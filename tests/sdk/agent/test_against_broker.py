@@ -236,12 +236,12 @@ async def test_daily_limit_raises_rate_limited_at_once(tmp_path: Path, flavor: F
         await flavor.run(client.open_execution(["customer_data_api"], user_token=user))
         with pytest.raises(RateLimited) as caught:
             await flavor.run(client.open_execution(["customer_data_api"], user_token=user))
+        assert len(records(server)) == 2  # read while the broker (and its store) is open
     err: Any = caught.value
     assert err.status == 429 and err.error == "rate_limited"
     assert err.retry_after == to_next_day
     assert [r.rule for r in err.reasons] == ["rate_limit"]
     assert flavor.sleeps == []  # a wait beyond the retry budget is not waited for
-    assert len(records(server)) == 2
 
 
 async def test_exchange_and_sub_agent_delegation(

@@ -156,8 +156,12 @@ class PostgresAuditReader:
         )
         self._own_watchdog = watchdog is None
         self._watchdog = watchdog or Watchdog("deputy-pg-reader-watchdog")
+        self._closed = False
 
     def close(self) -> None:
+        """Release the pool; a later call raises ``StoreUnavailable`` (a disposed engine would
+        quietly open a new pool that nothing closes)."""
+        self._closed = True
         self._engine.dispose()
         if self._own_watchdog:
             self._watchdog.close()
@@ -178,6 +182,8 @@ class PostgresAuditReader:
         server that stopped answering); a connection a PostgreSQL restart closed fails it
         at once, which invalidates the pool, and the next connection is a new one.
         """
+        if self._closed:
+            raise StoreUnavailable(f"{UNAVAILABLE}: the reader is closed")
         for attempt in (0, 1):
             conn = self._engine.connect()
             started = time.monotonic()
