@@ -1,10 +1,14 @@
-"""The decision records the audit store tests append, whichever store they test."""
+"""The decision records the audit store tests append, whichever store they test, and how
+they read them back."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Iterator
+from typing import Any, Protocol
 
-from deputy.audit.record import DecisionRecord, IssuedCredential
+from deputy.audit.log import AuditFilter
+from deputy.audit.record import DecisionRecord, IssuedCredential, StoredRecord
 
 KEY = b"audit-head-key-for-tests-32bytes!"
 IDP = "https://idp.example"
@@ -79,3 +83,28 @@ def usage_record(i: int, jtis: list[str]) -> DecisionRecord:
             for n, jti in enumerate(jtis)
         ),
     )
+
+
+class Queryable(Protocol):
+    """An audit log or reader of any store."""
+
+    def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]: ...
+
+
+class Appendable(Protocol):
+    """An audit log of any store."""
+
+    async def append(self, record: DecisionRecord) -> tuple[str, ...]: ...
+
+
+def seqs(audit_log: Queryable, **filters: Any) -> list[int]:
+    return [stored.seq for stored in audit_log.query(AuditFilter(**filters))]
+
+
+def decisions(audit_log: Queryable, **filters: Any) -> list[str]:
+    return [stored.record["decision_id"] for stored in audit_log.query(AuditFilter(**filters))]
+
+
+async def append_all(audit_log: Appendable, records: list[DecisionRecord]) -> None:
+    """Append ``records`` concurrently (the log groups them into shared transactions)."""
+    await asyncio.gather(*(audit_log.append(r) for r in records))

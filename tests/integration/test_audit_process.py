@@ -14,7 +14,9 @@ from deputy.audit.log import AuditFilter
 from deputy.errors import CommitOutcomeUnknown, StoreUnavailable
 from deputy.store.sqlite.audit_process import ProcessAuditLog
 from deputy.store.sqlite.audit_reader import open_audit_reader
-from tests.integration.test_audit_sqlite import IDP, make_record
+from tests.audit_records import IDP, make_record
+
+pytestmark = pytest.mark.sqlite_only("the SQLite writer process")
 
 
 def open_log(data_dir: Path) -> ProcessAuditLog:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,52 +157,18 @@ class SqliteAuditWriter:
             for index, record in enumerate(batch):
                 try:
                     body = record_body(record, logged_at)
-                except (TypeError, ValueError) as exc:
+                    rows = _Rows.of(record)
+                except (TypeError, ValueError) as exc:  # this record alone cannot be written
                     results[index] = exc
                     continue
                 seq += 1
                 hash_ = link_hash(seq, prev_hash, body)
-                records.append(
-                    (
-                        seq,
-                        record.decision_id,
-                        record.time,
-                        record.outcome,
-                        record.execution_id,
-                        record.agent_instance,
-                        record.workload_id,
-                        record.user_id,
-                        body.decode("ascii"),
-                        prev_hash,
-                        hash_,
-                    )
-                )
+                records.append((seq, *rows.columns, body.decode("ascii"), prev_hash, hash_))
                 prev_hash = hash_
-                credentials.extend(
-                    (
-                        c.jti,
-                        seq,
-                        record.user_issuer,
-                        record.user_id,
-                        c.category,
-                        c.tool,
-                        c.expires_at,
-                        record.time,
-                        record.workflow,
-                        c.scope,
-                    )
-                    for c in record.credentials
-                )
-                if record.revocation is not None:
-                    r = record.revocation
-                    revocations.append(
-                        (seq, r["selector"], r["value"], r["issued_before"], r["expires_at"])
-                    )
-                uses.extend(
-                    (seq, u["jti"], u["operation"], u["outcome"], u["time"], record.requested_by)
-                    for u in record.uses
-                )
-                tools.extend((seq, tool) for tool in _tools(record))
+                credentials.extend((jti, seq, *rest) for jti, *rest in rows.credentials)
+                revocations.extend((seq, *row) for row in rows.revocations)
+                uses.extend((seq, *row) for row in rows.uses)
+                tools.extend((seq, tool) for tool in rows.tools)
             if records:
                 # One statement per table and batch: every step releases and retakes the GIL.
                 conn.execute(insert_rows(INSERT_RECORD, len(records)), _flat(records))
@@ -241,15 +208,101 @@ class SqliteAuditWriter:
         return head.seq, head.hash
 
 
-def _tools(record: DecisionRecord) -> set[str]:
-    """The tools ``record`` concerns: ``tools_of`` of the fields of its body that name them."""
-    return tools_of(
-        {
-            "tools_requested": record.tools_requested,
-            "credentials": [{"tool": c.tool} for c in record.credentials],
-            "uses": list(record.uses),
-        }
-    )
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """One record's column values and derived rows (without its seq), each of its type."""
+
+    columns: tuple[Any, ...]
+    credentials: list[tuple[Any, ...]]
+    revocations: list[tuple[Any, ...]]
+    uses: list[tuple[Any, ...]]
+    tools: list[str]
+
+    @classmethod
+    def of(cls, record: DecisionRecord) -> _Rows:
+        """Raises ``TypeError`` or ``ValueError`` for a value its column cannot hold as it is
+        hashed (SQLite would store a number in a text column, and cannot store text that is
+        not valid Unicode): the record then fails alone, not the batch it came in."""
+        user_id = _text(record.user_id, "user_id")
+        time = _number(record.time, "time")
+        columns = (
+            _required(record.decision_id, "decision_id"),
+            time,
+            _required(record.outcome, "outcome"),
+            _text(record.execution_id, "execution_id"),
+            _text(record.agent_instance, "agent_instance"),
+            _text(record.workload_id, "workload_id"),
+            user_id,
+        )
+        issuer = _text(record.user_issuer, "user_issuer")
+        workflow = _text(record.workflow, "workflow")
+        credentials = [
+            (
+                _required(c.jti, "jti"),
+                issuer,
+                user_id,
+                _text(c.category, "category"),
+                _text(c.tool, "tool"),
+                _integer(c.expires_at, "expires_at"),
+                time,
+                workflow,
+                _text(c.scope, "scope"),
+            )
+            for c in record.credentials
+        ]
+        revocations = []
+        if record.revocation is not None:
+            r = record.revocation
+            revocations.append(
+                (
+                    _required(r.get("selector"), "selector"),
+                    _required(r.get("value"), "value"),
+                    _integer(r.get("issued_before"), "issued_before"),
+                    _integer(r.get("expires_at"), "expires_at"),
+                )
+            )
+        reporter = _text(record.requested_by, "requested_by")
+        uses = [
+            (
+                _required(u.get("jti"), "use jti"),
+                _text(u.get("operation"), "operation"),
+                _integer(u.get("outcome"), "use outcome"),
+                _number(u.get("time"), "use time"),
+                reporter,
+            )
+            for u in record.uses
+        ]
+        tools = tools_of(
+            {
+                "tools_requested": record.tools_requested,
+                "credentials": [{"tool": c.tool} for c in record.credentials],
+                "uses": list(record.uses),
+            }
+        )
+        return cls(columns, credentials, revocations, uses, [_required(t, "tool") for t in tools])
+
+
+def _text(value: Any, name: str) -> str | None:
+    return None if value is None else _required(value, name)
+
+
+def _required(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be text")
+    value.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+    return value
+
+
+def _integer(value: Any, name: str) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an integer")
+    return value
+
+
+def _number(value: Any, name: str) -> float | int:
+    if type(value) not in (int, float):
+        raise TypeError(f"{name} must be a number")
+    return value  # type: ignore[no-any-return]
 
 
 def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
