@@ -25,8 +25,9 @@ MAX_SHUTDOWN_GRACE_SECONDS = 600
 # intervals lets one failed fetch be retried before the cached keys go stale.
 MIN_KEY_STALENESS_SECONDS = 60
 MAX_KEY_STALENESS_SECONDS = 7 * 86_400
-MAX_WORKERS = 64
 COUNTERS_PREFIX_PATTERN = r"^[A-Za-z0-9:_-]{1,64}$"  # Redis key prefix: no glob or space
+DEFAULT_COUNTERS_PREFIX = "deputy:"
+MAX_WORKERS = 64
 
 _LOOPBACK_HTTP = re.compile(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
 
@@ -168,7 +169,9 @@ class Settings(_Strict):
     counters: Annotated[StrictStr, Field(pattern=r"^(redis|rediss|unix)://\S+$")] | None = None
     # Where this deployment's keys start in that Redis: deployments sharing one server each
     # take a prefix of their own.
-    counters_prefix: Annotated[StrictStr, Field(pattern=COUNTERS_PREFIX_PATTERN)] = "deputy:"
+    counters_prefix: Annotated[StrictStr, Field(pattern=COUNTERS_PREFIX_PATTERN)] = (
+        DEFAULT_COUNTERS_PREFIX
+    )
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
@@ -216,7 +219,7 @@ class Settings(_Strict):
                     f"metrics.clients: client {name!r} has no `secret_sha256`; a scraper "
                     "authenticates with HTTP Basic"
                 )
-        if "counters_prefix" in self.model_fields_set and self.counters is None:
+        if self.counters is None and self.counters_prefix != DEFAULT_COUNTERS_PREFIX:
             problems.append(
                 "counters_prefix: names keys in Redis; set `counters: redis://...` or remove it"
             )

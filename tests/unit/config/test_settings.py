@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deputy.config import load_settings, parse_settings
+from deputy.config import Settings, load_settings, parse_settings
 from deputy.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[3] / "examples" / "deputy.yaml"
@@ -221,7 +221,7 @@ REDIS = "redis://127.0.0.1:6379/0"
         ({"counters_prefix": "deputy:\n"}, "counters_prefix: String should match pattern"),
         ({"counters_prefix": 7}, "counters_prefix: Input should be a valid string"),
         (
-            {"counters": None, "counters_prefix": "deputy:"},
+            {"counters": None, "counters_prefix": "tenant-a:"},
             "counters_prefix: names keys in Redis; set `counters",
         ),
     ],
@@ -240,3 +240,10 @@ def test_counters_prefix_defaults_to_deputy_and_keeps_what_is_given(tmp_path: Pa
     assert parse_settings({**example(), "counters": REDIS}, tmp_path).counters_prefix == "deputy:"
     given = {**example(), "counters": REDIS, "counters_prefix": "tenant-a:deputy_2:"}
     assert parse_settings(given, tmp_path).counters_prefix == "tenant-a:deputy_2:"
+
+
+def test_settings_validate_again_from_their_own_dump(tmp_path: Path) -> None:
+    """A reload re-validates the running settings' dump, every default then given."""
+    for doc in ({**example()}, {**example(), "counters": REDIS, "counters_prefix": "t:"}):
+        settings = parse_settings(doc, tmp_path)
+        assert Settings.model_validate(settings.model_dump()) == settings
