@@ -46,6 +46,7 @@ fmt: $(STAMP)
 
 test: lint browser
 	$(BIN)/pytest -q
+	$(BIN)/pytest -q --backend=postgres tests/integration tests/sdk tests/docs tests/e2e tests/interop
 
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deputy.devtools.demo import run_demo
 
 DEPUTY = [sys.executable, "-m", "deputy"]
@@ -17,6 +19,7 @@ def deputy(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*DEPUTY, *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.sqlite_only("`deputy demo` writes its own SQLite deployment and this edits its file")
 def test_demo_runs_end_to_end_and_audit_cli_answers(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     directory = tmp_path / "demo"
     assert run_demo(directory) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -12,14 +13,15 @@ import jwt as pyjwt
 
 from deputy.audit.log import AuditFilter
 from deputy.devtools.broker_process import BrokerProcess
-from deputy.store.sqlite.audit_reader import open_audit_reader
+from deputy.store.audit_store import open_reader
 from tests.integration.deployment import Deployment, write_deployment
 
 WRITER_EXIT_TIMEOUT_SECONDS = 30.0
 
 
 def wait_for_writer_exit(d: Deployment) -> None:
-    """The broker's audit writer finishes what it was sent once its parent is gone."""
+    """The broker's audit writer finishes what it was sent once its parent is gone (SQLite:
+    a process whose command line names the data dir; PostgreSQL has none to wait for)."""
     marker = str(d.settings.data_dir).encode()
     deadline = time.monotonic() + WRITER_EXIT_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
@@ -67,16 +69,16 @@ def test_sigkill_under_load_loses_no_record(tmp_path: Path) -> None:
     wait_for_writer_exit(d)
 
     jtis = {pyjwt.decode(t, options={"verify_signature": False})["jti"] for t in received}
-    log = open_audit_reader(d.settings.data_dir)
-    missing = [j for j in jtis if not list(log.query(AuditFilter(jti=j, limit=1)))]
-    report = log.verify()
-    assert missing == []
-    assert report.ok, report.problem
-    assert report.records >= len(jtis)
+    with closing(open_reader(d.settings)) as log:
+        missing = [j for j in jtis if not list(log.query(AuditFilter(jti=j, limit=1)))]
+        report = log.verify()
+        assert missing == []
+        assert report.ok, report.problem
+        assert report.records >= len(jtis)
 
-    # a restart carries on the same chain
-    with BrokerProcess(d.config_path, broker.port):
-        r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {svid}"})
-        assert r.status_code == 200
-    after = log.verify()
-    assert after.ok and after.records == report.records + 1
+        # a restart carries on the log
+        with BrokerProcess(d.config_path, broker.port):
+            r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {svid}"})
+            assert r.status_code == 200
+        after = log.verify()
+        assert after.ok and after.records == report.records + 1

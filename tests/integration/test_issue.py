@@ -1,4 +1,5 @@
-"""POST /issue over real HTTP on loopback, with real SQLite and run-time keys."""
+"""POST /issue over real HTTP on loopback, on the suite's store (tests/conftest.py) with
+run-time keys."""
 
 from __future__ import annotations
 
@@ -304,6 +305,10 @@ def test_asserting_agent_cannot_spend_a_verified_users_quota(
     assert statuses == [200] * 20 + [429]
 
 
+@pytest.mark.sqlite_only(
+    "locks the SQLite file; PostgreSQL's lock and outage faults are in tests/postgres"
+    " (test_faults_postgres.py, test_broker_postgres.py)"
+)
 def test_audit_store_locked_fails_closed_then_recovers(
     deployment: Deployment, broker: Broker
 ) -> None:
@@ -439,6 +444,7 @@ def test_unverified_user_is_recorded_as_claimed_only(
     assert record["delegation"] is None
 
 
+@pytest.mark.sqlite_only("makes the SQLite files immutable (chattr +i) under the broker")
 def test_read_only_audit_store_fails_closed_then_recovers(
     deployment: Deployment, broker: Broker
 ) -> None:
@@ -466,6 +472,10 @@ def test_read_only_audit_store_fails_closed_then_recovers(
     assert server.broker.audit_reader.verify().ok
 
 
+@pytest.mark.sqlite_only(
+    "SQLite signs in its writer process; with PostgreSQL every replica signs in the broker"
+    " and so holds the keys (docs/configuration.md)"
+)
 def test_the_broker_process_holds_no_private_signing_key(broker: Broker) -> None:
     server, client = broker
     keys = server.broker.key_ring.all_keys()

@@ -160,6 +160,7 @@ READY = {
 }
 
 
+@pytest.mark.sqlite_only("moves the SQLite file away under the broker")
 def test_readyz_names_an_unreadable_audit_store_and_recovers(deployment: Deployment) -> None:
     with running(deployment) as (_, client):
         assert client.get("/healthz").json() == {"status": "ok"}
@@ -196,6 +197,7 @@ def writer_pids(data_dir: Path) -> set[int]:
     return found
 
 
+@pytest.mark.sqlite_only("kills the SQLite writer process")
 def test_readyz_starts_a_dead_audit_writer_again(deployment: Deployment) -> None:
     data_dir = deployment.settings.data_dir
     with running(deployment) as (_, client):

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import yaml
 
 from deputy.audit.log import AuditFilter
 from deputy.devtools.broker_process import BrokerProcess
-from deputy.store.sqlite.audit_reader import open_audit_reader
+from deputy.store.audit_store import open_reader
 from tests.integration.deployment import Deployment, write_deployment
 from tests.integration.scrape import sample, samples
 
@@ -127,13 +128,13 @@ def test_sigterm_finishes_issuances_under_way_then_exits_0(tmp_path: Path) -> No
     slow_token = json.loads(slow_body)["credentials"]["pricing_api"]["access_token"]
     assert exit_status == 0
     assert set(statuses) == {200}  # clients saw answers or a closed connection, never an error
-    log = open_audit_reader(d.settings.data_dir)
     jtis = {jti(t) for t in [*tokens, slow_token]}
-    missing = [j for j in jtis if not list(log.query(AuditFilter(jti=j, limit=1)))]
+    with closing(open_reader(d.settings)) as log:
+        missing = [j for j in jtis if not list(log.query(AuditFilter(jti=j, limit=1)))]
+        (slow_record,) = log.query(AuditFilter(jti=jti(slow_token)))
+        report = log.verify()
     assert missing == []
-    (slow_record,) = log.query(AuditFilter(jti=jti(slow_token)))
     assert slow_record.record["request_id"] == "slow-1"
-    report = log.verify()
     assert report.ok and report.records == len(statuses) + 1
     assert log_lines(broker)[-1]["message"] == "broker stopped"
 
@@ -202,10 +203,8 @@ def test_sighup_reloads_the_policy_and_keeps_it_when_the_file_is_broken(tmp_path
 
     assert allowed.status_code == 200 and still.status_code == 200
     assert metadata["issuer"] == "https://deputy.internal"  # needs a restart
-    versions = [
-        s.record["policy_version"]
-        for s in open_audit_reader(d.settings.data_dir).query(AuditFilter())
-    ]
+    with closing(open_reader(d.settings)) as reader:
+        versions = [s.record["policy_version"] for s in reader.query(AuditFilter())]
     assert len(versions) == 3 and versions[0] != versions[1] == versions[2]
     lines = log_lines(broker)
     (restart,) = [line for line in lines if "restart_needed" in line]
