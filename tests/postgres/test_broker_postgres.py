@@ -42,6 +42,16 @@ def deputy(*args: str) -> Any:
     return CliRunner().invoke(app, list(args))
 
 
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_db_upgrade_makes_the_schema_a_broker_needs(tmp_path: Path, empty_url: str) -> None:
     d = write_deployment(tmp_path, on_postgres(empty_url))
     with pytest.raises(ConfigError, match="deputy db upgrade"):
@@ -51,6 +61,30 @@ def test_db_upgrade_makes_the_schema_a_broker_needs(tmp_path: Path, empty_url: s
     assert first.stdout.startswith("schema at revision ")
     again = deputy("db", "upgrade", "--config", str(d.config_path))
     assert again.exit_code == 0 and again.stdout == first.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("db", "upgrade"),
+        ("keys", "list"),
+        ("keys", "rotate"),
+        ("audit", "query"),
+        ("blast-radius", "--user", "alice"),
+        ("serve",),
+    ],
+)
+def test_a_database_that_cannot_be_reached_exits_1_saying_so(
+    tmp_path: Path, closed_port: int, command: tuple[str, ...]
+) -> None:
+    """Exit 1 (try again later) with the store's message, not 2 (fix the config) and not a
+    traceback: the command is right, the database is not there."""
+    url = f"postgresql://deputy:not-in-messages@127.0.0.1:{closed_port}/x"
+    d = write_deployment(tmp_path, on_postgres(url))
+    result = deputy(*command, "--config", str(d.config_path))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ") and "store unavailable" in result.stderr
+    assert "not-in-messages" not in result.output and "Traceback" not in result.output
 
 
 def test_sqlite_needs_no_upgrade(tmp_path: Path) -> None:

@@ -12,9 +12,14 @@ from typing import Annotated
 import typer
 
 from deputy.audit.forensics import ledger_snapshot
-from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, audit_reader, load_or_exit
+from deputy.cli.options import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    audit_reader,
+    exit_on_store_errors,
+    load_or_exit,
+)
 from deputy.config.settings import Settings
-from deputy.errors import StoreUnavailable
 from deputy.policy.blast_radius import (
     LedgerSnapshot,
     LiveSummary,
@@ -87,11 +92,8 @@ def blast_radius(
         raise typer.BadParameter("--tier goes with --user")
     settings = load_or_exit(config)
     policy = policy_from_settings(settings)
-    try:
+    with exit_on_store_errors():
         ledger = read_ledger(settings, time.time(), workload=target, user=user)
-    except StoreUnavailable as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     if user is not None:
         reach = user_reach(policy, user, tier, ledger)
         if as_json:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
-from deputy.errors import ConfigError, StoreUnavailable
+from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, exit_on_store_errors, load_or_exit
 from deputy.store.audit_store import upgrade_schema
 
 app = typer.Typer(help="The PostgreSQL store's schema.", no_args_is_help=True)
@@ -15,12 +14,6 @@ app = typer.Typer(help="The PostgreSQL store's schema.", no_args_is_help=True)
 def upgrade(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Create or migrate the schema to what this Deputy needs (safe to run from every replica)."""
     settings = load_or_exit(config)
-    try:
+    with exit_on_store_errors():
         revision = upgrade_schema(settings)
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    except StoreUnavailable as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"schema at revision {revision}")

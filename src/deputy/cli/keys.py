@@ -9,10 +9,9 @@ from typing import Annotated
 
 import typer
 
-from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
+from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, exit_on_store_errors, load_or_exit
 from deputy.clock import SystemClock
 from deputy.config import Settings
-from deputy.errors import ConfigError, StoreUnavailable
 from deputy.policy.model import policy_from_settings
 from deputy.server.wiring import open_key_ring
 from deputy.tokens.key_ring import KeyRing
@@ -28,14 +27,8 @@ def _when(ts: float | None) -> str:
 def key_ring(settings: Settings) -> Iterator[KeyRing]:
     """The configured signing keys, closed after use; a config problem exits 2, a store that
     cannot be reached exits 1."""
-    try:
+    with exit_on_store_errors():
         ring = open_key_ring(settings, SystemClock(), for_rotation=True)
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    except StoreUnavailable as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     try:
         yield ring
     finally:
@@ -66,12 +59,8 @@ def rotate(
     """Add a new signing key; older keys stay published until their last token expires."""
     settings = load_or_exit(config)
     max_lifetime = policy_from_settings(settings).max_ttl
-    with key_ring(settings) as ring:
-        try:
-            new = ring.rotate(activate_after=activate_after, max_token_lifetime=max_lifetime)
-        except StoreUnavailable as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
+    with key_ring(settings) as ring, exit_on_store_errors():
+        new = ring.rotate(activate_after=activate_after, max_token_lifetime=max_lifetime)
     typer.echo(
         f"new key {new.kid} ({new.alg}) published now, signs from {_when(new.activates_at)}; "
         f"previous keys stay published for {max_lifetime} s after that"

@@ -10,7 +10,7 @@ import typer
 
 from deputy.cli import audit, blast_radius, clients, db, keys, policy
 from deputy.cli.drift import drift_command
-from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, load_or_exit
+from deputy.cli.options import DEFAULT_CONFIG, ConfigOption, exit_on_store_errors, load_or_exit
 from deputy.cli.revoke import revoke
 from deputy.clock import SystemClock
 from deputy.config import Settings
@@ -66,12 +66,9 @@ def serve(
     from deputy.server.wiring import build_broker, check_key_files
 
     clock = SystemClock()
-    try:
+    with exit_on_store_errors():
         check_key_files(settings)
         application = create_app(build_broker(settings, clock), clock, config_path=config)
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     take_signals()
     uvicorn.run(application, host=address[0], port=address[1], **uvicorn_options(settings))
 
