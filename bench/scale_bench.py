@@ -26,8 +26,6 @@ import json
 import os
 import platform
 import secrets
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,14 +33,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import yaml
 from issue_bench import deployment, request_lines, wrk
 from sqlalchemy.engine import make_url
 
 import redis
-from deputy.devtools.broker_process import BrokerProcess, free_port
+from deputy.devtools.balancer import Balancer
+from deputy.devtools.broker_process import BrokerProcess
 from deputy.store.postgres import upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,32 +50,6 @@ DISTINCT = 50  # agents and users the requests cycle through
 WARM_UP_SECONDS = 2
 READY_SECONDS = 60.0
 REPLICAS = 3
-NGINX_CONF = """
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  upstream deputy {{
-{servers}
-    keepalive 64;
-  }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://deputy;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }}
-  }}
-}}
-"""
 
 
 @contextlib.contextmanager
@@ -127,44 +99,6 @@ def wait_ready(broker: BrokerProcess, workers: int) -> None:
         time.sleep(0.05)
 
 
-def nginx() -> str:
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if found is None:
-        raise RuntimeError("nginx is not installed: `make services` installs it")
-    return found
-
-
-@contextlib.contextmanager
-def balancer(directory: Path, ports: list[int]) -> Iterator[str]:
-    """nginx in the foreground, round robin over ``ports``; its URL."""
-    directory.mkdir()
-    port = free_port()
-    servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=0;" for p in ports)
-    conf = directory / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=directory, servers=servers, port=port))
-    command = [nginx(), "-c", str(conf), "-p", str(directory), "-g", "daemon off;"]
-    with (directory / "stderr.log").open("wb") as err:
-        proc = subprocess.Popen(command, stderr=err)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("nginx did not start")
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def measure(url: str, requests: Path, args: argparse.Namespace) -> dict[str, float]:
     wrk(url, requests, WARM_UP_SECONDS, args.connections)
     return wrk(url, requests, args.seconds, args.connections)
@@ -200,8 +134,8 @@ def postgres(work: Path, args: argparse.Namespace, workers: int, replicas: int) 
                 wait_ready(broker, workers)
             if replicas == 1:
                 return measure(brokers[0].url, requests, args)
-            with balancer(work / "nginx", [b.port for b in brokers]) as balanced:
-                return measure(balanced, requests, args)
+            with Balancer(work / "nginx", [b.port for b in brokers], keepalive=64) as nginx:
+                return measure(nginx.url, requests, args)
         finally:
             for broker in brokers:
                 broker.stop()

@@ -16,12 +16,12 @@ import httpx
 import jwt as pyjwt
 
 from deputy.audit.log import AuditFilter
+from deputy.devtools.balancer import Balancer
 from deputy.devtools.broker_process import BrokerProcess
 from deputy.devtools.signer import LocalIdp
 from deputy.store.audit_store import open_reader
 from tests.integration.deployment import Deployment
 from tests.integration.oauth_client import CRM, exchange
-from tests.postgres.test_replicas_nginx import Balancer
 
 REPLICAS = 3
 

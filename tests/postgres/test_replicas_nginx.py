@@ -11,7 +11,6 @@ refused by every other within a second.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,8 @@ from typer.testing import CliRunner
 from deputy.audit.log import AuditFilter
 from deputy.cli.main import app
 from deputy.config import load_settings
-from deputy.devtools.broker_process import BrokerProcess, free_port
+from deputy.devtools.balancer import Balancer
+from deputy.devtools.broker_process import BrokerProcess
 from deputy.oauth.endpoints import JWKS_PATH
 from deputy.store.audit_store import open_reader
 from tests.integration.deployment import Deployment, write_deployment
@@ -39,78 +39,6 @@ ADMIN = ("security-team", new_secret()[0])
 REPLICAS = 3
 SHARED_FILES = ["audit.key", "keys.kek"]  # all a replica's data dir holds
 COUNTERS = "deputy:quota:"  # the replicas' keys in Redis (the default prefix)
-NGINX_CONF = """
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  upstream deputy {{
-{servers}
-    keepalive 16;
-  }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://deputy;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $remote_addr;
-      # A replica gone mid-request: the client is told to retry, as Deputy itself would.
-      proxy_intercept_errors off;
-      error_page 502 504 =503 @unavailable;
-    }}
-    location @unavailable {{
-      add_header Retry-After 1 always;
-      default_type application/json;
-      return 503 '{{"error":"temporarily_unavailable"}}';
-    }}
-  }}
-}}
-"""
-
-
-def nginx() -> str:
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if found is None:
-        pytest.fail("nginx is not installed: `make services` installs it (apt nginx-light)")
-    return found
-
-
-class Balancer:
-    """nginx in the foreground, round-robin over the replicas."""
-
-    def __init__(self, directory: Path, ports: list[int]) -> None:
-        directory.mkdir()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=0;" for p in ports)
-        conf = directory / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=directory, servers=servers, port=self.port))
-        command = [nginx(), "-c", str(conf), "-p", str(directory), "-g", "daemon off;"]
-        with (directory / "stderr.log").open("wb") as err:
-            self._proc = subprocess.Popen(command, stderr=err)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{self.url}/healthz", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("nginx did not start")
-
-    def stop(self) -> None:
-        self._proc.terminate()
-        self._proc.wait(timeout=10)
 
 
 @pytest.fixture
