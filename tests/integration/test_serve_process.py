@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -20,10 +18,10 @@ from deputy.audit.log import AuditFilter
 from deputy.devtools.broker_process import BrokerProcess
 from deputy.store.audit_store import open_reader
 from tests.integration.deployment import Deployment, write_deployment
+from tests.integration.drain import stop_under_load
 from tests.integration.scrape import sample, samples
 
 DEADLINE_SECONDS = 20.0
-LOAD_THREADS = 4
 
 
 def log_lines(broker: BrokerProcess) -> list[dict[str, Any]]:
@@ -42,100 +40,23 @@ def jti(token: str) -> str:
     return value
 
 
-def read_until(sock: socket.socket, marker: bytes) -> bytes:
-    """Bytes received until ``marker`` has arrived or the peer closed the connection."""
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def read_to_end(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def wait_until_refused(port: int) -> None:
-    """Bounded polling until the listening socket is closed: the shutdown has begun."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except ConnectionRefusedError:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the broker kept accepting connections after SIGTERM")
-
-
 def test_sigterm_finishes_issuances_under_way_then_exits_0(tmp_path: Path) -> None:
     d = write_deployment(tmp_path)
     broker = BrokerProcess(d.config_path).start()
-    svid, alice = d.svid(), d.idp.user_token("alice", "pro")
-    body = {"agent_id": "a", "user_token": alice, "tools": ["pricing_api"]}
-    statuses: list[int] = []
-    tokens: list[str] = []
-    lock = threading.Lock()
-    loaded = threading.Event()
+    seen = stop_under_load(d, broker)
 
-    def load() -> None:
-        with httpx.Client(base_url=broker.url, timeout=30) as http:
-            while True:
-                try:
-                    r = http.post("/issue", json=body, headers={"Authorization": f"Bearer {svid}"})
-                except httpx.TransportError:
-                    return  # the broker stopped taking requests
-                with lock:
-                    statuses.append(r.status_code)
-                    if r.status_code == 200:
-                        tokens.extend(c["access_token"] for c in r.json()["credentials"].values())
-                    if len(statuses) >= 40:
-                        loaded.set()
-
-    threads = [threading.Thread(target=load) for _ in range(LOAD_THREADS)]
-    for t in threads:
-        t.start()
-    assert loaded.wait(timeout=60)
-
-    # A slow client: headers sent, the app is reading the body (uvicorn says 100 Continue).
-    payload = json.dumps(body).encode()
-    slow = socket.create_connection(("127.0.0.1", broker.port), timeout=30)
-    slow.sendall(
-        (
-            f"POST /issue HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {svid}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-            "X-Request-ID: slow-1\r\nExpect: 100-continue\r\n\r\n"
-        ).encode()
-    )
-    assert read_until(slow, b"\r\n\r\n").startswith(b"HTTP/1.1 100 Continue")
-
-    broker.send(signal.SIGTERM)
-    wait_until_refused(broker.port)  # stopped accepting...
-    slow.sendall(payload)  # ...yet the request under way still completes
-    answer = read_to_end(slow)  # the broker closes the connection after this last answer
-    slow.close()
-    for t in threads:
-        t.join(timeout=60)
-    exit_status = broker.wait(timeout=60)
-
-    head, _, slow_body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), answer
-    assert b"connection: close" in head.lower()
-    slow_token = json.loads(slow_body)["credentials"]["pricing_api"]["access_token"]
-    assert exit_status == 0
-    assert set(statuses) == {200}  # clients saw answers or a closed connection, never an error
-    jtis = {jti(t) for t in [*tokens, slow_token]}
+    assert b"connection: close" in seen.slow_head.lower()
+    slow_token = seen.slow_body["credentials"]["pricing_api"]["access_token"]
+    assert seen.exit_status == 0
+    assert set(seen.statuses) == {200}  # clients saw answers or a closed connection, never an error
+    jtis = {jti(t) for t in [*seen.tokens, slow_token]}
     with closing(open_reader(d.settings)) as log:
         missing = [j for j in jtis if not list(log.query(AuditFilter(jti=j, limit=1)))]
         (slow_record,) = log.query(AuditFilter(jti=jti(slow_token)))
         report = log.verify()
     assert missing == []
     assert slow_record.record["request_id"] == "slow-1"
-    assert report.ok and report.records == len(statuses) + 1
+    assert report.ok and report.records == len(seen.statuses) + 1
     assert log_lines(broker)[-1]["message"] == "broker stopped"
 
 

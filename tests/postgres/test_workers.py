@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from deputy.devtools.broker_process import BrokerProcess
 from deputy.oauth.endpoints import JWKS_PATH
 from deputy.store.audit_store import open_reader
 from tests.integration.deployment import Deployment, write_deployment
-from tests.integration.test_serve_process import read_to_end, read_until, wait_until_refused
+from tests.integration.drain import stop_under_load, wait_until_refused
 from tests.redis.conftest import prefix as prefix  # the fixtures, for the workers
 from tests.redis.conftest import redis_url as redis_url
 
@@ -196,57 +195,10 @@ def test_sighup_reloads_the_policy_in_every_worker(workers: Workers) -> None:
 
 def test_sigterm_drains_every_worker_and_exits_0(workers: Workers) -> None:
     d, broker = workers.d, workers.broker
-    svid, user_token = d.svid(), d.idp.user_token("alice", "pro")
-    body = {"agent_id": "a", "user_token": user_token, "tools": ["pricing_api"]}
-    statuses: list[int] = []
-    tokens: list[str] = []
-    lock = threading.Lock()
-    loaded = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(base_url=broker.url, timeout=30) as http:
-            while True:
-                try:
-                    r = http.post("/issue", json=body, headers={"Authorization": f"Bearer {svid}"})
-                except httpx.TransportError:
-                    return  # the broker stopped taking requests
-                with lock:
-                    statuses.append(r.status_code)
-                    if r.status_code == 200:
-                        tokens.append(r.json()["credentials"]["pricing_api"]["access_token"])
-                    if len(statuses) >= 40:
-                        loaded.set()
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    assert loaded.wait(timeout=60)
-    # A request under way when the stop comes: headers sent, the body not yet.
-    payload = json.dumps(body).encode()
-    slow = socket.create_connection(("127.0.0.1", broker.port), timeout=30)
-    slow.sendall(
-        (
-            f"POST /issue HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {svid}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-            "X-Request-ID: slow-1\r\nExpect: 100-continue\r\n\r\n"
-        ).encode()
-    )
-    assert read_until(slow, b"\r\n\r\n").startswith(b"HTTP/1.1 100 Continue")
-
-    broker.send(signal.SIGTERM)
-    wait_until_refused(broker.port)  # every worker stopped accepting...
-    slow.sendall(payload)  # ...yet the request under way still completes
-    answer = read_to_end(slow)
-    slow.close()
-    for t in threads:
-        t.join(timeout=60)
-    exit_status = broker.wait(timeout=60)
-
-    head, _, slow_body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), answer
-    tokens.append(json.loads(slow_body)["credentials"]["pricing_api"]["access_token"])
-    assert exit_status == 0
-    assert set(statuses) == {200}
+    seen = stop_under_load(d, broker)
+    tokens = [*seen.tokens, seen.slow_body["credentials"]["pricing_api"]["access_token"]]
+    assert seen.exit_status == 0
+    assert set(seen.statuses) == {200}
     assert {workers.pid_of(t) for t in tokens} <= workers.worker_pids()
     stopped = [line for line in workers.log() if line["message"] == "worker stopped"]
     assert sorted((line["pid"], line["status"]) for line in stopped) == sorted(
