@@ -134,8 +134,11 @@ def postgres(work: Path, args: argparse.Namespace, workers: int, replicas: int) 
                 wait_ready(broker, workers)
             if replicas == 1:
                 return measure(brokers[0].url, requests, args)
-            with Balancer(work / "nginx", [b.port for b in brokers], keepalive=64) as nginx:
+            nginx = Balancer(work / "nginx", [b.port for b in brokers], keepalive=64)
+            try:
                 return measure(nginx.url, requests, args)
+            finally:
+                nginx.stop()
         finally:
             for broker in brokers:
                 broker.stop()

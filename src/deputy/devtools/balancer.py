@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
@@ -94,14 +93,3 @@ class Balancer:
     def stop(self) -> None:
         self._proc.terminate()
         self._proc.wait(timeout=10)
-
-    def __enter__(self) -> Balancer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -87,17 +87,7 @@ class FileKeyStore:
                 key = key_cls.import_key(entry["public"])
             else:
                 key = key_cls.import_key((self._dir / f"{entry['kid']}.pem").read_bytes())
-            keys.append(
-                SigningKey(
-                    kid=entry["kid"],
-                    alg=entry["alg"],
-                    key=key,
-                    created_at=entry["created_at"],
-                    activates_at=entry["activates_at"],
-                    retired_at=entry.get("retired_at"),
-                    publish_until=entry.get("publish_until"),
-                )
-            )
+            keys.append(SigningKey.restore(key, entry))
         return keys
 
     def update(self, change: KeyChange) -> list[SigningKey]:
@@ -129,18 +119,7 @@ class FileKeyStore:
             if not pem_path.exists():
                 write_private(pem_path, k.key.as_pem(private=True))
         manifest = {
-            "keys": [
-                {
-                    "kid": k.kid,
-                    "alg": k.alg,
-                    "created_at": k.created_at,
-                    "activates_at": k.activates_at,
-                    "retired_at": k.retired_at,
-                    "publish_until": k.publish_until,
-                    "public": k.key.as_dict(private=False),
-                }
-                for k in keys
-            ]
+            "keys": [{**k.lifecycle(), "public": k.key.as_dict(private=False)} for k in keys]
         }
         write_private(self._dir / MANIFEST, json.dumps(manifest, indent=2).encode())
         kept = {f"{k.kid}.pem" for k in keys}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -27,6 +27,30 @@ class SigningKey:
     activates_at: float
     retired_at: float | None = None
     publish_until: float | None = None
+
+    def lifecycle(self) -> dict[str, Any]:
+        """Everything but the key itself, by field name: what a store keeps beside the key."""
+        return {
+            "kid": self.kid,
+            "alg": self.alg,
+            "created_at": self.created_at,
+            "activates_at": self.activates_at,
+            "retired_at": self.retired_at,
+            "publish_until": self.publish_until,
+        }
+
+    @classmethod
+    def restore(cls, key: ECKey | RSAKey, lifecycle: Mapping[str, Any]) -> SigningKey:
+        """The key with the fields :meth:`lifecycle` gave (optional times may be absent)."""
+        return cls(
+            kid=lifecycle["kid"],
+            alg=lifecycle["alg"],
+            key=key,
+            created_at=lifecycle["created_at"],
+            activates_at=lifecycle["activates_at"],
+            retired_at=lifecycle.get("retired_at"),
+            publish_until=lifecycle.get("publish_until"),
+        )
 
     def public_jwk(self) -> dict[str, Any]:
         jwk = self.key.as_dict(private=False)

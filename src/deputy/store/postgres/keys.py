@@ -226,15 +226,7 @@ class PostgresKeyStore:
             private = unseal(self._kek, row.kid, row.alg, bytes(row.sealed_key))
         except (InvalidTag, ValueError):
             raise broken from None
-        key = SigningKey(
-            kid=row.kid,
-            alg=row.alg,
-            key=key_type(row.alg).import_key(private),
-            created_at=row.created_at,
-            activates_at=row.activates_at,
-            retired_at=row.retired_at,
-            publish_until=row.publish_until,
-        )
+        key = SigningKey.restore(key_type(row.alg).import_key(private), row._mapping)
         if _public_jwk(key) != row.public_jwk:
             raise broken
         return key
@@ -247,12 +239,7 @@ class PostgresKeyStore:
         if keys:
             rows = [
                 {
-                    "kid": k.kid,
-                    "alg": k.alg,
-                    "created_at": k.created_at,
-                    "activates_at": k.activates_at,
-                    "retired_at": k.retired_at,
-                    "publish_until": k.publish_until,
+                    **k.lifecycle(),
                     "public_jwk": _public_jwk(k),
                     "sealed_key": seal(self._kek, k.kid, k.alg, k.key.as_pem(private=True)),
                 }
