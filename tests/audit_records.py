@@ -4,11 +4,14 @@ they read them back."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from deputy.audit.chain import GENESIS_HASH, canonical_json, link_hash
 from deputy.audit.log import AuditFilter
 from deputy.audit.record import DecisionRecord, IssuedCredential, StoredRecord
+from deputy.store.postgres.chains import record_link
 
 KEY = b"audit-head-key-for-tests-32bytes!"
 IDP = "https://idp.example"
@@ -108,3 +111,27 @@ def decisions(audit_log: Queryable, **filters: Any) -> list[str]:
 async def append_all(audit_log: Appendable, records: list[DecisionRecord]) -> None:
     """Append ``records`` concurrently (the log groups them into shared transactions)."""
     await asyncio.gather(*(audit_log.append(r) for r in records))
+
+
+CHAIN_FIELDS = ("seq", "hash", "prev_hash", "chain", "chain_seq")  # what export adds
+
+
+def check_lines(lines: list[str]) -> None:
+    """What a SIEM can do with the export alone: recompute every link hash, and check each
+    record links to the one before it in its chain (one chain on SQLite; one per writer on
+    PostgreSQL, where the link also binds the chain and the record's place in it)."""
+    last: dict[int | None, tuple[int, str]] = {}
+    for line in lines:
+        entry = json.loads(line)
+        body = canonical_json({k: v for k, v in entry.items() if k not in CHAIN_FIELDS})
+        chain = entry.get("chain")
+        place, prev = last.get(chain, (0, GENESIS_HASH))
+        assert entry["prev_hash"] == prev, f"record {entry['seq']} does not follow {prev}"
+        if chain is None:
+            assert link_hash(entry["seq"], prev, body) == entry["hash"], entry["seq"]
+        else:
+            assert entry["chain_seq"] == place + 1, entry["seq"]
+            link = record_link(chain, entry["chain_seq"], entry["seq"], prev, body)
+            assert link == entry["hash"], entry["seq"]
+        last[chain] = (entry.get("chain_seq", 0), entry["hash"])
+    assert last

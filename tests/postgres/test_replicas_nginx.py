@@ -10,6 +10,7 @@ refused by every other within a second.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,12 +24,14 @@ import pytest
 from typer.testing import CliRunner
 
 from deputy.audit.log import AuditFilter
+from deputy.cli.audit import export_line
 from deputy.cli.main import app
 from deputy.config import load_settings
 from deputy.devtools.balancer import Balancer
 from deputy.devtools.broker_process import BrokerProcess
 from deputy.oauth.endpoints import JWKS_PATH
 from deputy.store.audit_store import open_reader
+from tests.audit_records import check_lines
 from tests.integration.deployment import Deployment, write_deployment
 from tests.integration.oauth_client import alice_exchange, new_secret, with_clients
 from tests.postgres.conftest import replica_config
@@ -118,6 +121,10 @@ def test_replicas_share_keys_records_and_revocations(
         ]
         assert sorted(issued) == sorted(jtis)  # one record per credential handed out
         assert reader.verify().ok
+        # The export checks offline too: every replica's chain, from the lines alone.
+        lines = [export_line(stored) for stored in reader.export()]
+        assert len({json.loads(line)["chain"] for line in lines}) == REPLICAS
+        check_lines(lines)
     finally:
         reader.close()
 

@@ -91,12 +91,19 @@ _CREDENTIALS = _FIELDS.index("credentials")
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
-    """A record as the log holds it: its place in the chain and the chain hashes."""
+    """A record as the log holds it: its place in the chain and the chain hashes.
+
+    ``seq`` is the global order. A store with one chain per writer (PostgreSQL) also gives
+    the chain and the record's place in it, which its link hash binds; the single-chain
+    store (SQLite) leaves them ``None``.
+    """
 
     seq: int
     record: dict[str, Any]
     prev_hash: str
     hash: str
+    chain: int | None = None
+    chain_seq: int | None = None
 
 
 def tools_of(body: dict[str, Any]) -> set[str]:

@@ -211,8 +211,13 @@ def timeline(
 
 
 def export_line(stored: StoredRecord) -> str:
-    """One JSON Lines entry: the record body with its chain position; ASCII, one line."""
+    """One JSON Lines entry: the record body with its chain position; ASCII, one line.
+
+    With a store of one chain per writer the line also names the chain and the record's
+    place in it (``chain``, ``chain_seq``), so the line alone can be re-verified."""
     entry = {**stored.record, "seq": stored.seq, "hash": stored.hash, "prev_hash": stored.prev_hash}
+    if stored.chain is not None:
+        entry.update(chain=stored.chain, chain_seq=stored.chain_seq)
     return json.dumps(entry, ensure_ascii=True, allow_nan=False, separators=(",", ":")) + "\n"
 
 

@@ -126,7 +126,14 @@ def select_export(since: float | None, until: float | None) -> Select[Any]:
     if until is not None:
         clauses.append(records.c.time < until)
     return (
-        select(records.c.id, records.c.body, records.c.prev_hash, records.c.hash)
+        select(
+            records.c.id,
+            records.c.body,
+            records.c.prev_hash,
+            records.c.hash,
+            records.c.chain,
+            records.c.chain_seq,
+        )
         .where(*clauses)
         .order_by(records.c.id)
     )
@@ -134,6 +141,18 @@ def select_export(since: float | None, until: float | None) -> Select[Any]:
 
 def _stored(row: Any) -> StoredRecord:
     return StoredRecord(seq=row[0], record=json.loads(row[1]), prev_hash=row[2], hash=row[3])
+
+
+def _exported(row: Any) -> StoredRecord:
+    """A record with its chain and place in it, which a line re-verified offline needs."""
+    return StoredRecord(
+        seq=row[0],
+        record=json.loads(row[1]),
+        prev_hash=row[2],
+        hash=row[3],
+        chain=row[4],
+        chain_seq=row[5],
+    )
 
 
 class PostgresAuditReader:
@@ -259,7 +278,7 @@ class PostgresAuditReader:
             )
             try:
                 for row in result:
-                    yield _stored(row)
+                    yield _exported(row)
             except SQLAlchemyError as exc:
                 raise StoreUnavailable(UNAVAILABLE) from exc
             finally:
