@@ -1,8 +1,9 @@
-"""SIGTERM under load: a broker (or its workers) must finish what it has started, then exit.
+"""A stop under load: a broker (or its workers) must finish what it has started, then exit.
 
 :func:`stop_under_load` keeps four clients issuing, opens one slow request (headers sent,
-body held back), sends SIGTERM, waits until the socket refuses, then lets the slow request
-finish and collects what every client saw. The caller asserts what its broker promises.
+body held back), sends SIGTERM (or SIGINT), waits until the socket refuses, then lets the
+slow request finish and collects what every client saw. The caller asserts what its broker
+promises.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ class Drained:
     exit_status: int | None = None
 
 
-def stop_under_load(d: Deployment, broker: BrokerProcess) -> Drained:
-    """SIGTERM ``broker`` while clients issue and one request is under way; what they saw."""
+def stop_under_load(d: Deployment, broker: BrokerProcess, signum: int = signal.SIGTERM) -> Drained:
+    """Stop ``broker`` with ``signum`` while clients issue and one request is under way;
+    what they saw."""
     svid, alice = d.svid(), d.idp.user_token("alice", "pro")
     body = {"agent_id": "a", "user_token": alice, "tools": ["pricing_api"]}
     seen = Drained()
@@ -106,7 +108,7 @@ def stop_under_load(d: Deployment, broker: BrokerProcess) -> Drained:
     )
     assert read_until(slow, b"\r\n\r\n").startswith(b"HTTP/1.1 100 Continue")
 
-    broker.send(signal.SIGTERM)
+    broker.send(signum)
     wait_until_refused(broker.port)  # stopped accepting...
     slow.sendall(payload)  # ...yet the request under way still completes
     answer = read_to_end(slow)  # the broker closes the connection after this last answer

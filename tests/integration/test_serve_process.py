@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import jwt as pyjwt
+import pytest
 import yaml
 
 from deputy.audit.log import AuditFilter
@@ -40,10 +41,11 @@ def jti(token: str) -> str:
     return value
 
 
-def test_sigterm_finishes_issuances_under_way_then_exits_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_finishes_issuances_under_way_then_exits_0(tmp_path: Path, signum: int) -> None:
     d = write_deployment(tmp_path)
     broker = BrokerProcess(d.config_path).start()
-    seen = stop_under_load(d, broker)
+    seen = stop_under_load(d, broker, signum)
 
     assert b"connection: close" in seen.slow_head.lower()
     slow_token = seen.slow_body["credentials"]["pricing_api"]["access_token"]

@@ -27,13 +27,15 @@ def take_signals() -> None:
     """Set the dispositions a broker process needs before uvicorn takes its signals over.
 
     Until the app handles SIGHUP (a policy reload), it must not end the process, its
-    default action. uvicorn stops gracefully on SIGTERM, then raises the signal again with
-    the handler it found: a clean stop exits 0 rather than dying of the signal.
+    default action. uvicorn stops gracefully on SIGTERM or SIGINT (Ctrl-C), then raises the
+    signal again with the handler it found: a clean stop exits 0 rather than dying of the
+    signal (or, for SIGINT, ending in a KeyboardInterrupt), as ``--workers`` does.
     """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGINT, stopped)
 
 
 def stopped(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM once uvicorn has drained (or before it started): a clean stop, exit 0."""
+    """SIGTERM or SIGINT once uvicorn has drained (or before it started): exit 0."""
     raise SystemExit(0)
