@@ -174,16 +174,23 @@ def test_a_replica_killed_under_load_costs_only_503s(
     cluster: tuple[Deployment, list[BrokerProcess], str],
 ) -> None:
     """SIGKILL one replica while clients issue through the balancer: they see 200 or 503,
-    never anything else; every credential they got has its record; the chains verify."""
+    never anything else, except that an answer the replica was writing when it died reaches
+    its client cut short (headers, then a closed connection: no credential, and a client
+    retries as for a 503); every credential they got has its record; the chains verify."""
     d, replicas, balanced = cluster
     statuses: list[int] = []
     tokens: list[str] = []
     killed: list[int] = []  # how many answers had come when the replica was killed
+    cut: list[str] = []  # answers cut short by the kill
 
     def client_loop(n: int) -> None:
         with httpx.Client(base_url=balanced, timeout=30) as client:
             for _ in range(15):
-                response = alice_exchange(d, client, resource="https://crm.internal")
+                try:
+                    response = alice_exchange(d, client, resource="https://crm.internal")
+                except httpx.RemoteProtocolError as exc:  # the replica died mid-answer
+                    cut.append(str(exc))
+                    continue
                 statuses.append(response.status_code)
                 if response.status_code == 200:
                     tokens.append(str(response.json()["access_token"]))
@@ -195,6 +202,8 @@ def test_a_replica_killed_under_load_costs_only_503s(
         list(pool.map(client_loop, range(4)))
     assert killed and killed[0] < len(statuses)  # the kill fell inside the load
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 40
+    # Only the requests in flight on the killed replica can be cut: one per client at most.
+    assert len(cut) <= 4, cut
     handed_out = {pyjwt.decode(t, options={"verify_signature": False})["jti"] for t in tokens}
     reader = open_reader(d.settings)
     try:
@@ -205,7 +214,7 @@ def test_a_replica_killed_under_load_costs_only_503s(
         }
         assert handed_out <= recorded
         # A record without a delivered credential is only possible for a request cut off.
-        assert len(recorded - handed_out) <= statuses.count(503)
+        assert len(recorded - handed_out) <= statuses.count(503) + len(cut)
         assert reader.verify().ok
     finally:
         reader.close()

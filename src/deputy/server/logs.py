@@ -38,7 +38,9 @@ REDACTED_FIELDS = frozenset(
         "user_token",
     }
 )
-_QUIET_LIBRARIES = ("httpx", "httpcore")  # one INFO line per outgoing request otherwise
+# INFO lines that say nothing an operator needs: one per outgoing request (httpx), and
+# alembic's plugin and migration-context chatter whenever a store checks its schema.
+_QUIET_LIBRARIES = ("httpx", "httpcore", "alembic")
 _EventDict = MutableMapping[str, Any]
 
 
