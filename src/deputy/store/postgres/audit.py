@@ -14,17 +14,16 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from sqlalchemy.engine import URL
 
-from deputy.audit.log import AuditFilter, ChainReport
-from deputy.audit.record import DecisionRecord, StoredRecord
+from deputy.audit.record import DecisionRecord
 from deputy.clock import Clock
 from deputy.errors import CommitOutcomeUnknown, StoreUnavailable
+from deputy.store.log_front import ReaderFront
 from deputy.store.postgres.connect import UNAVAILABLE, Timeouts, Watchdog
 from deputy.store.postgres.reader import PostgresAuditReader
 from deputy.store.postgres.writer import PostgresAuditWriter
@@ -47,8 +46,10 @@ class _Call:
 _Item = _Pending | _Call | None
 
 
-class PostgresAuditLog:
+class PostgresAuditLog(ReaderFront):
     """``AuditLog`` on PostgreSQL: this process's own chain, shared tables with every replica."""
+
+    reader: PostgresAuditReader
 
     def __init__(
         self,
@@ -164,26 +165,6 @@ class PostgresAuditLog:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
-
-    def __enter__(self) -> PostgresAuditLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]:
-        return self.reader.query(audit_filter)
-
-    def verify(self) -> ChainReport:
-        return self.reader.verify()
-
-    def issued_counts(self, since: float) -> dict[tuple[str, str, str], int]:
-        return self.reader.issued_counts(since)
 
     # -- the writer thread --------------------------------------------------------------
 

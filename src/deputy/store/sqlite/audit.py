@@ -7,15 +7,14 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from deputy.audit.log import AuditFilter, ChainReport
-from deputy.audit.record import DecisionRecord, StoredRecord
+from deputy.audit.record import DecisionRecord
 from deputy.clock import Clock
 from deputy.errors import StoreUnavailable
+from deputy.store.log_front import ReaderFront
 from deputy.store.sqlite.audit_reader import DB_FILE, UNAVAILABLE, SqliteAuditReader, open_head_key
 from deputy.store.sqlite.audit_writer import SqliteAuditWriter
 from deputy.tokens.mint import TokenSigner
@@ -26,8 +25,10 @@ _Pending = tuple[DecisionRecord, asyncio.AbstractEventLoop, "asyncio.Future[None
 _Settlement = tuple["asyncio.Future[None]", BaseException | None]
 
 
-class SqliteAuditLog:
+class SqliteAuditLog(ReaderFront):
     """Append-only, hash-chained decision log in one SQLite file (WAL, ``synchronous=FULL``)."""
+
+    reader: SqliteAuditReader
 
     def __init__(
         self,
@@ -97,26 +98,6 @@ class SqliteAuditLog:
 
     async def aclose(self) -> None:
         self.close()
-
-    def __enter__(self) -> SqliteAuditLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def query(self, audit_filter: AuditFilter) -> Iterator[StoredRecord]:
-        return self.reader.query(audit_filter)
-
-    def verify(self) -> ChainReport:
-        return self.reader.verify()
-
-    def issued_counts(self, since: float) -> dict[tuple[str, str, str], int]:
-        return self.reader.issued_counts(since)
 
     def _serve(self) -> None:
         try:
